@@ -1,0 +1,193 @@
+"""Pure-PyTorch ray transform: ray marching with (bi/tri)linear interpolation.
+
+Each detector pixel defines one ray through its centre (parallel to the ray direction, or
+from the source). The ray is sampled at equidistant points ``Δs`` apart where it crosses the
+volume (its box widened by half a voxel, the support of the interpolation); the volume is
+interpolated there with ``torch.nn.functional.grid_sample`` (zero outside the grid) and the
+line integral is ``Δs · Σ_m f(p_m)``, in physical units (attenuation × length).
+
+The adjoint is the exact transpose of that sum: it calls the backward kernel of
+``grid_sample`` directly, without a forward pass. Everything runs on any device and in
+float32 or float64.
+
+Memory is bounded by processing the projections in chunks whose sample points fit in
+``memory_budget`` bytes; the sample points are kept between calls (the same operator is
+applied thousands of times in a reconstruction) while they fit in ``cache_budget`` bytes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..geometry import Geometry, Volume
+
+__all__ = ["TorchBackend"]
+
+
+class TorchBackend:
+    """Ray-marching projector on torch tensors.
+
+    Args:
+        volume: the reconstruction grid.
+        geometry: the scan geometry (2D or 3D, same dimension as ``volume``).
+        step: distance between samples along a ray, in units of the smallest voxel edge.
+            Default 0.5 in 2D and 1.0 in 3D, where the cost matters more: against a converged
+            reference (step 0.1) on Shepp-Logan phantoms the relative L2 error of ``A x`` is
+            0.08% (2D, 0.5) and 0.6% (3D, 1.0), below the noise of real scans.
+        memory_budget: bytes of sample points and interpolated values per chunk.
+        cache_budget: the sample points of all projections are cached between calls when
+            they fit in this many bytes (per device and dtype); 0 disables the cache.
+    """
+
+    name = "torch"
+
+    def __init__(
+        self,
+        volume: Volume,
+        geometry: Geometry,
+        step: float | None = None,
+        memory_budget: int = 256 * 2**20,
+        cache_budget: int = 512 * 2**20,
+    ) -> None:
+        if step is None:
+            step = 0.5 if volume.ndim == 2 else 1.0
+        if not (step > 0 and math.isfinite(step)):
+            raise ValueError(f"step must be a positive number of voxels, got {step!r}")
+        self.volume, self.geometry = volume, geometry
+        self.step_length = step * min(volume.voxel_size)
+        self.cache_budget = int(cache_budget)
+        ndim = volume.ndim
+        center = np.array(volume.center[::-1])  # world order (x, y[, z])
+        self._half_extent = np.array(volume.extent[::-1]) / 2
+        # the interpolation reaches half a voxel beyond the outer voxel faces
+        self._support = self._half_extent + np.array(volume.voxel_size[::-1]) / 2
+
+        frames = geometry.frames()
+        self._parallel = geometry.kind == "parallel"
+        det = geometry.det_shape
+        # world-frame quantities relative to the volume centre
+        self._arrays = {
+            "first": frames["ray"] if self._parallel else frames["source"] - center,
+            "center": frames["center"] - center,
+            "u": frames["u"],
+            "col": np.arange(det[-1]) - (det[-1] - 1) / 2,
+        }
+        if ndim == 3:
+            self._arrays.update(v=frames["v"], row=np.arange(det[0]) - (det[0] - 1) / 2)
+        self._rays_per_projection = math.prod(det)
+        longest = 2 * float(np.linalg.norm(self._support))
+        per_projection = self._rays_per_projection * (longest / self.step_length + 1)
+        per_projection *= (2 * ndim + 3) * 4  # grid, temporaries, values of a batch group
+        self._chunk = max(1, min(geometry.n_angles, int(memory_budget // per_projection)))
+        self._cache: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+        self._constants: dict[tuple[torch.device, torch.dtype], dict[str, torch.Tensor]] = {}
+
+    # ----------------------------------------------------------------------------------------
+    def _tensors(self, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        key = (device, dtype)
+        if key not in self._constants:
+            arrays = {**self._arrays, "half": self._half_extent, "support": self._support}
+            self._constants[key] = {
+                k: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)
+                for k, a in arrays.items()
+            }
+        return self._constants[key]
+
+    def _rays(self, t: dict[str, torch.Tensor], chunk: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """Origins and unit directions of the rays of projections ``chunk``,
+        broadcastable to ``(K, [rows,] cols, ndim)``."""
+        ndim = self.volume.ndim
+        pixels = t["center"][chunk, None, :] + t["col"][None, :, None] * t["u"][chunk, None, :]
+        if ndim == 3:
+            pixels = pixels[:, None] + t["row"][None, :, None, None] * t["v"][chunk, None, None]
+        first = t["first"][chunk].reshape(-1, *(1,) * (ndim - 1), ndim)
+        if self._parallel:
+            return pixels, first / first.norm(dim=-1, keepdim=True)
+        direction = pixels - first
+        return first, direction / direction.norm(dim=-1, keepdim=True)
+
+    def _grid(self, t: dict[str, torch.Tensor], chunk: slice) -> torch.Tensor:
+        """Sample points of the rays of projections ``chunk`` in ``grid_sample``'s normalised
+        coordinates (the volume spans [-1, 1] per axis with ``align_corners=False``), shaped
+        ``(1, K*rows, cols, M, 3)`` in 3D or ``(1, K*cols, M, 2)`` in 2D."""
+        origin, direction = self._rays(t, chunk)
+        # slab method: where each ray enters and leaves the interpolation support
+        inverse = 1 / direction  # ±inf along axes the ray is parallel to
+        near = (-t["support"] - origin) * inverse
+        far = (t["support"] - origin) * inverse
+        enter = torch.minimum(near, far).nan_to_num(nan=-math.inf).amax(-1)
+        leave = torch.maximum(near, far).nan_to_num(nan=math.inf).amin(-1)
+        if not self._parallel:
+            enter = enter.clamp(min=0)  # nothing behind the source
+        hits = leave > enter
+        enter = torch.where(hits, enter, torch.zeros_like(enter))
+        chord = torch.where(hits, leave - enter, torch.zeros_like(enter))
+        n_samples = max(1, math.ceil(float(chord.max()) / self.step_length))
+        offsets = (torch.arange(n_samples, device=enter.device, dtype=enter.dtype) + 0.5) * (
+            self.step_length
+        )
+        lengths = enter[..., None] + offsets  # (K, [rows,] cols, M)
+        points = torch.addcmul(origin[..., None, :], lengths[..., None], direction[..., None, :])
+        points /= t["half"]
+        return points.reshape(1, -1, *points.shape[-self.volume.ndim :])
+
+    def _grids(self, device: torch.device, dtype: torch.dtype):
+        """Yield ``(projection slice, grid)`` per chunk, cached while it fits the budget."""
+        key = (device, dtype)
+        chunks = [slice(s, s + self._chunk) for s in range(0, self.geometry.n_angles, self._chunk)]
+        if key in self._cache:
+            yield from zip(chunks, self._cache[key], strict=True)
+            return
+        t = self._tensors(device, dtype)
+        kept, size = [], 0
+        for chunk in chunks:
+            grid = self._grid(t, chunk)
+            size += grid.numel() * grid.element_size()
+            if size <= self.cache_budget:
+                kept.append(grid)
+            yield chunk, grid
+        if len(kept) == len(chunks):
+            self._cache[key] = kept
+
+    def _batch_groups(self, tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # the batch rides in grid_sample's channel axis; groups bound the values per chunk
+        return tensor.split(self.volume.ndim + 3)
+
+    # ----------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Line integrals: ``(B, *volume.shape) -> (B, *geometry.sino_shape)``."""
+        out = []
+        for _, grid in self._grids(x.device, x.dtype):
+            values = [
+                F.grid_sample(group[None], grid, "bilinear", "zeros", align_corners=False)[0].sum(
+                    -1
+                )
+                for group in self._batch_groups(x)
+            ]
+            out.append(torch.cat(values))
+        sino = torch.cat(out, dim=1) * self.step_length
+        return sino.reshape(x.shape[0], *self.geometry.sino_shape)
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """Exact transpose of :meth:`forward`: ``(B, *sino_shape) -> (B, *volume.shape)``."""
+        backward = (
+            torch.ops.aten.grid_sampler_3d_backward
+            if self.volume.ndim == 3
+            else torch.ops.aten.grid_sampler_2d_backward
+        )
+        det = self.geometry.det_shape
+        flat = y.reshape(y.shape[0], -1, *det[1:]) * self.step_length  # grid_sample's layout
+        result = torch.zeros((y.shape[0], *self.volume.shape), dtype=y.dtype, device=y.device)
+        for chunk, grid in self._grids(y.device, y.dtype):
+            lines = flat[:, chunk.start * det[0] : chunk.stop * det[0]]
+            for group, target in zip(
+                self._batch_groups(lines), self._batch_groups(result), strict=True
+            ):
+                placeholder = group.new_zeros(()).expand(1, group.shape[0], *self.volume.shape)
+                grad = group[None, ..., None].expand(*group[None].shape, grid.shape[-2])
+                target += backward(grad, placeholder, grid, 0, 0, False, [True, False])[0][0]
+        return result
