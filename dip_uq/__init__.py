@@ -1,5 +1,7 @@
 """dip-uq: deep-image-prior tomographic reconstruction with per-voxel uncertainty."""
 
+from . import metrics, phantoms
+from .fbp import fbp
 from .geometry import (
     ConeBeam,
     FanBeam,
@@ -10,7 +12,9 @@ from .geometry import (
     geometry_from_astra,
     geometry_from_dict,
 )
+from .networks import UNet
 from .projector import RayTransform
+from .simulate import noise_sigma, simulate
 
 __version__ = "0.1.0"
 
@@ -20,9 +24,15 @@ __all__ = [
     "Geometry",
     "ParallelBeam",
     "RayTransform",
+    "UNet",
     "VectorGeometry",
     "Volume",
     "__version__",
+    "fbp",
     "geometry_from_astra",
     "geometry_from_dict",
+    "metrics",
+    "noise_sigma",
+    "phantoms",
+    "simulate",
 ]

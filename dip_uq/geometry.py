@@ -176,10 +176,13 @@ class Volume:
         }
 
     def to_astra(self) -> dict[str, Any]:
-        """The ASTRA volume geometry (``astra.create_vol_geom`` layout) of the same grid."""
+        """The ASTRA volume geometry (``astra.create_vol_geom`` layout) of the same grid.
+
+        In 2D the ``y`` window is mirrored, like the vectors of :meth:`Geometry.to_astra`.
+        """
         shape3 = self.shape if self.ndim == 3 else (1, *self.shape)
         size3 = self.voxel_size if self.ndim == 3 else (1.0, *self.voxel_size)
-        center3 = self.center if self.ndim == 3 else (0.0, *self.center)
+        center3 = self.center if self.ndim == 3 else (0.0, -self.center[0], self.center[1])
         lo = [c - n * s / 2 for n, s, c in zip(shape3, size3, center3, strict=True)]
         hi = [c + n * s / 2 for n, s, c in zip(shape3, size3, center3, strict=True)]
         geom: dict[str, Any] = {

@@ -31,7 +31,7 @@ def test_dict_round_trip_through_json(name):
 def test_volume_round_trip_and_coordinates():
     vol = du.Volume((4, 6, 8), voxel_size=(1.0, 0.5, 0.25), center=(0.0, 1.0, -2.0))
     assert du.geometry_from_dict(json.loads(json.dumps(vol.to_dict()))) == vol
-    z, y, x = vol.coordinates()
+    _, y, x = vol.coordinates()
     np.testing.assert_allclose(x, -2.0 + (np.arange(8) - 3.5) * 0.25)
     np.testing.assert_allclose(y, 1.0 + (np.arange(6) - 2.5) * 0.5)
     assert vol.extent == (4.0, 3.0, 2.0)

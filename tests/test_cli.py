@@ -1,0 +1,38 @@
+"""The dip-uq command line: the demo's outputs and its refusal to overwrite."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from dip_uq.cli import main
+
+
+def test_demo_writes_outputs_and_refuses_to_overwrite(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--size", "32", "--angles", "20"]) == 0
+    assert "FBP PSNR" in capsys.readouterr().out
+    with h5py.File(out / "reconstruction.h5") as f:
+        fbp, truth = f["fbp"][()], f["truth"][()]
+        assert fbp.shape == truth.shape == (32, 32) and fbp.dtype == np.float32
+        assert json.loads(f.attrs["geometry"])["type"] == "parallel"
+    run = json.loads((out / "run.json").read_text())
+    assert run["scores"]["psnr_fbp_db"] > 15
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.glob(".*.part"))  # no temporary files left behind
+
+    before = (out / "run.json").read_bytes()
+    assert main(["demo", "--out", str(out), "--size", "32", "--angles", "20"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dip-uq: error:") and "--overwrite" in err and err.count("\n") == 1
+    assert (out / "run.json").read_bytes() == before
+
+
+def test_missing_cuda_is_a_one_line_error(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["demo", "--out", str(tmp_path), "--device", "cuda"]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
