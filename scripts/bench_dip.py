@@ -1,0 +1,421 @@
+"""Benchmark the deep image prior: reconstruction quality, speed per iteration, pretraining.
+
+Three parts (not timed tests; run by hand, results go to the terminal and optionally to a
+Markdown and a JSON file):
+
+* ``quality``: PSNR / SSIM of FBP (best of five filters), the TV-regularised PDHG baseline
+  (:func:`dip_uq.tv.tv_reconstruct`, with the default γ rule and with the best γ of a small
+  grid, an oracle that knows the truth) and DIP (default γ, lr and network unless given) on
+  Shepp-Logan phantoms: 2D 128² parallel beam and 3D 64³ cone beam, sparse-view (30-60
+  angles) and limited-angle (90°) scans at 1-5 % Gaussian noise.
+* ``speed``: seconds per DIP iteration next to the raw cost of its parts measured in the same
+  process: one U-Net forward+backward, one forward projection (FP) and one back-projection
+  (BP). ``overhead = DIP / (net + FP + BP) - 1`` (goal: <= 10 %). CPU sizes: 2D 128², 3D 64³;
+  ``--sizes gpu``: 3D 128³ and 256³ cone beam.
+* ``pretrain``: DIP from scratch against DIP started from :func:`dip_uq.dip.pretrain` weights
+  on the same scan: PSNR against iterations, and iterations/time to reach a target PSNR.
+
+Usage::
+
+    python scripts/bench_dip.py quality [--cases 2d|3d|all] [--iterations N] [--channels C]
+    python scripts/bench_dip.py speed [--sizes cpu|gpu] [--device cpu|cuda] [--repeat N]
+    python scripts/bench_dip.py pretrain [--size 64] [--n-images 512] [--epochs 8]
+
+Common options: ``--device``, ``--backend``, ``--threads``, ``--markdown FILE``, ``--json FILE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+import dip_uq as du
+from dip_uq.dip import DIP, estimate_noise_sigma, pretrain, ray_transform_gain
+from dip_uq.metrics import psnr, ssim
+from dip_uq.tv import tv_reconstruct
+
+FILTERS = ("ram-lak", "shepp-logan", "cosine", "hann", "hamming")
+
+# name: (shape, angles, arc in degrees, relative noise)
+QUALITY_CASES = {
+    "2d-128-sparse30-2%": ((128, 128), 30, 180, 0.02),
+    "2d-128-sparse60-1%": ((128, 128), 60, 180, 0.01),
+    "2d-128-sparse45-5%": ((128, 128), 45, 180, 0.05),
+    "2d-128-limited90-2%": ((128, 128), 60, 90, 0.02),
+    "3d-64-cone60-2%": ((64, 64, 64), 60, 360, 0.02),
+    "3d-64-limited90-2%": ((64, 64, 64), 60, 90, 0.02),
+}
+SPEED_CASES = {
+    "cpu": {"2d-128": ((128, 128), 60), "3d-64": ((64, 64, 64), 64)},
+    "gpu": {"3d-128": ((128, 128, 128), 128), "3d-256": ((256, 256, 256), 256)},
+}
+
+
+def make_operator(shape: tuple[int, ...], n_angles: int, arc_deg: float, backend: str):
+    """2D: parallel beam, detector of 1.5 n pixels. 3D: cone beam, magnification 1.5."""
+    n = shape[-1]
+    if len(shape) == 2:
+        angles = np.linspace(0, np.deg2rad(arc_deg), n_angles, endpoint=False)
+        geometry = du.ParallelBeam(angles, (int(1.5 * n),))
+    else:
+        arc = np.deg2rad(arc_deg)
+        angles = np.linspace(0, arc, n_angles, endpoint=arc_deg < 360)
+        geometry = du.ConeBeam(angles, (n, int(1.5 * n)), 1.5, 4.0 * n, 2.0 * n)
+    return du.RayTransform(du.Volume(shape), geometry, backend)
+
+
+def network_for(shape: tuple[int, ...], channels: int | None, seed: int = 0) -> du.UNet | None:
+    """The default U-Net (``None``) or one with ``channels`` at every scale and 4 skip
+    channels at every scale but the coarsest."""
+    if channels is None:
+        return None
+    default = du.UNet.default_for(shape)
+    return du.UNet(
+        len(shape),
+        scales=default.scales,
+        channels=channels,
+        skip_channels=4,
+        seed=seed,
+    )
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# --------------------------------------------------------------------------------------------
+def run_quality(args: argparse.Namespace) -> list[dict[str, Any]]:
+    device = torch.device(args.device)
+    names = [k for k in QUALITY_CASES if args.cases == "all" or k.startswith(args.cases)]
+    rows = []
+    for name in names:
+        shape, n_angles, arc, noise = QUALITY_CASES[name]
+        A = make_operator(shape, n_angles, arc, args.backend)
+        truth = du.phantoms.shepp_logan(shape, device=device)
+        y, sigma = du.simulate(A, truth, noise=noise, seed=args.seed, return_sigma=True)
+        row: dict[str, Any] = {"case": name, "sigma": float(sigma)}
+
+        scores = {f: psnr(A.fbp(y, filter=f), truth) for f in FILTERS}
+        best = max(scores, key=scores.get)
+        fbp_image = A.fbp(y, filter=best)
+        row["fbp"] = {"filter": best, "psnr": scores[best], "ssim": ssim(fbp_image, truth)}
+
+        sigma_hat = estimate_noise_sigma(y, A.geometry)
+        gain = ray_transform_gain(A, device=device)
+        gamma_rule = du.dip.default_tv_weight(sigma_hat, gain, y.numel())
+        row["sigma_estimate_ratio"] = sigma_hat / float(sigma)
+        started = time.perf_counter()
+        tv_image = tv_reconstruct(A, y, gamma_rule, args.tv_iterations)
+        row["tv_rule"] = {
+            "gamma": gamma_rule,
+            "psnr": psnr(tv_image, truth),
+            "ssim": ssim(tv_image, truth),
+            "seconds": time.perf_counter() - started,
+        }
+        if args.tv_oracle:
+            grid = {}
+            for factor in (1 / 9, 1 / 3, 3, 9):
+                image = tv_reconstruct(A, y, gamma_rule * factor, args.tv_iterations)
+                grid[factor] = (psnr(image, truth), ssim(image, truth))
+            grid[1] = (row["tv_rule"]["psnr"], row["tv_rule"]["ssim"])
+            factor = max(grid, key=lambda f: grid[f][0])
+            row["tv_oracle"] = {
+                "gamma": gamma_rule * factor,
+                "factor": factor,
+                "psnr": grid[factor][0],
+                "ssim": grid[factor][1],
+            }
+
+        net = network_for(shape, args.channels, args.seed)
+        rec = DIP(
+            A,
+            network=net,
+            iterations=args.iterations,
+            seed=args.seed,
+            device=device,
+            progress=args.progress,
+        )
+        curve = []
+
+        def track(dip, k, record, curve=curve, truth=truth):
+            if (k + 1) % args.every == 0:
+                curve.append((k + 1, psnr(dip.image().detach(), truth)))
+
+        started = time.perf_counter()
+        dip_image = rec.fit(y, callback=track)
+        row["dip"] = {
+            "psnr": psnr(dip_image, truth),
+            "ssim": ssim(dip_image, truth),
+            "iterations": rec.iterations,
+            "best_iteration": rec.best_iteration,
+            "gamma": rec.tv_weight,
+            "lr": rec.lr,
+            "seconds": time.perf_counter() - started,
+            "seconds_per_iteration": rec.timings["seconds_per_iteration"],
+            "params": sum(p.numel() for p in rec.network.parameters()),
+            "channels": list(rec.network.channels),
+            "curve": curve,
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def quality_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| case | FBP (filter) | TV, rule γ | TV, oracle γ | DIP | DIP iterations, s/it |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        oracle = r.get("tv_oracle")
+        oracle_text = (
+            f"{oracle['psnr']:.2f} / {oracle['ssim']:.3f} (×{oracle['factor']:.3g})"
+            if oracle
+            else "–"
+        )
+        d = r["dip"]
+        lines.append(
+            f"| {r['case']} | {r['fbp']['psnr']:.2f} / {r['fbp']['ssim']:.3f} "
+            f"({r['fbp']['filter']}) | {r['tv_rule']['psnr']:.2f} / {r['tv_rule']['ssim']:.3f} "
+            f"| {oracle_text} | {d['psnr']:.2f} / {d['ssim']:.3f} | {d['iterations']}, "
+            f"{d['seconds_per_iteration']:.3f} |"
+        )
+    return "\n".join(lines) + "\n\nPSNR (dB) / SSIM against the phantom.\n"
+
+
+# --------------------------------------------------------------------------------------------
+def median_time(fn, repeat: int, device: torch.device) -> float:
+    fn()
+    sync(device)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run_speed(args: argparse.Namespace) -> list[dict[str, Any]]:
+    device = torch.device(args.device)
+    rows = []
+    for name, (shape, n_angles) in SPEED_CASES[args.sizes].items():
+        arc = 180 if len(shape) == 2 else 360
+        A = make_operator(shape, n_angles, arc, args.backend)
+        truth = du.phantoms.shepp_logan(shape, device=device)
+        y = du.simulate(A, truth, noise=0.02, seed=0)
+        net = network_for(shape, args.channels) or du.UNet.default_for(shape, seed=0)
+        rec = DIP(
+            A,
+            network=net,
+            iterations=args.repeat + 2,
+            device=device,
+            progress=False,
+            mixed_precision=args.bf16,
+        )
+        stamps: list[float] = []
+
+        def stamp(dip, k, record, stamps=stamps):
+            sync(device)
+            stamps.append(time.perf_counter())
+
+        rec.fit(y, callback=stamp)
+        per_iteration = statistics.median(np.diff(stamps[1:]))  # skip the first (warm-up)
+
+        net = rec.network
+        z = rec.network_input
+        x = truth.float()
+        weights = torch.randn(z.shape, generator=torch.Generator().manual_seed(0)).to(device)
+
+        def net_step(net=net, z=z, weights=weights):
+            net.zero_grad(set_to_none=True)
+            if args.bf16:
+                with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+                    out = net(z).float()
+            else:
+                out = net(z)
+            (out * weights).sum().backward()
+
+        with torch.no_grad():
+            t_fp = median_time(lambda A=A, x=x: A(x), args.repeat, device)
+            t_bp = median_time(lambda A=A, y=y: A.adjoint(y), args.repeat, device)
+        t_net = median_time(net_step, args.repeat, device)
+        raw = t_net + t_fp + t_bp
+        row = {
+            "case": name,
+            "device": str(device),
+            "backend": A.backend,
+            "bf16": args.bf16,
+            "params": sum(p.numel() for p in net.parameters()),
+            "dip_s_per_it": per_iteration,
+            "net_fwd_bwd_s": t_net,
+            "fp_s": t_fp,
+            "bp_s": t_bp,
+            "raw_s": raw,
+            "overhead": per_iteration / raw - 1,
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def speed_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| case | device, backend | params | DIP s/it | net fwd+bwd | FP | BP | raw sum | "
+        "overhead |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['case']} | {r['device']}, {r['backend']}{' bf16' if r['bf16'] else ''} | "
+            f"{r['params']:,} | {r['dip_s_per_it']:.3f} | {r['net_fwd_bwd_s']:.3f} | "
+            f"{r['fp_s']:.3f} | {r['bp_s']:.3f} | {r['raw_s']:.3f} | {100 * r['overhead']:+.1f} % |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+def run_pretrain(args: argparse.Namespace) -> list[dict[str, Any]]:
+    device = torch.device(args.device)
+    shape = (args.size, args.size)
+    A = make_operator(shape, 30, 180, args.backend)
+    truth = du.phantoms.shepp_logan(shape, device=device)
+    y = du.simulate(A, truth, noise=0.02, seed=args.seed)
+    fbp_psnr = max(psnr(A.fbp(y, filter=f), truth) for f in FILTERS)
+    rows = []
+
+    started = time.perf_counter()
+    net = pretrain(
+        A,
+        n_images=args.n_images,
+        epochs=args.epochs,
+        network=network_for(shape, args.channels, args.seed),
+        seed=args.seed + 1,
+        device=device,
+        progress=args.progress,
+    )
+    pretrain_s = time.perf_counter() - started
+    with torch.no_grad():
+        z = A.fbp(y, filter=du.dip.FBP_FILTER)
+        c = du.dip.image_scale(z)
+        direct = c * net.to(device)(z[None, None] / c)[0, 0]
+    print(f"pretraining: {pretrain_s:.0f} s, loss {net.pretraining['final_loss']:.4g}")
+
+    for label, start in (
+        ("scratch", network_for(shape, args.channels, args.seed)),
+        ("pretrained", net),
+    ):
+        rec = DIP(
+            A,
+            network=start,
+            iterations=args.iterations,
+            seed=args.seed,
+            device=device,
+            progress=args.progress,
+        )
+        curve = []
+
+        def track(dip, k, record, curve=curve):
+            if (k + 1) % args.every == 0:
+                curve.append((k + 1, psnr(dip.image().detach(), truth)))
+
+        started = time.perf_counter()
+        out = rec.fit(y, callback=track)
+        rows.append(
+            {
+                "start": label,
+                "lr": rec.lr,
+                "iterations": rec.iterations,
+                "psnr": psnr(out, truth),
+                "ssim": ssim(out, truth),
+                "seconds": time.perf_counter() - started,
+                "curve": curve,
+                "fbp_psnr": fbp_psnr,
+                "pretrain_s": pretrain_s if label == "pretrained" else 0.0,
+                "pretrained_net_only_psnr": psnr(direct, truth) if label == "pretrained" else None,
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def pretrain_markdown(rows: list[dict[str, Any]]) -> str:
+    scratch = dict(rows[0]["curve"])
+    target = max(scratch.values())
+    lines = [
+        f"FBP (best filter) {rows[0]['fbp_psnr']:.2f} dB; target = best PSNR of the scratch run "
+        f"({target:.2f} dB)",
+        "",
+        "| start | lr | PSNR after 100 / 300 / 1000 / last | iterations to target | "
+        "pretraining s | DIP s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        curve = dict(r["curve"])
+        at = [curve.get(k, float("nan")) for k in (100, 300, 1000)] + [r["curve"][-1][1]]
+        reach = next((k for k, v in r["curve"] if v >= target - 1e-9), None)
+        lines.append(
+            f"| {r['start']} | {r['lr']:g} | {' / '.join(f'{v:.2f}' for v in at)} | "
+            f"{reach if reach is not None else '> ' + str(r['iterations'])} | "
+            f"{r['pretrain_s']:.0f} | {r['seconds']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("part", choices=["quality", "speed", "pretrain"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "astra"])
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--cases", default="all", choices=["2d", "3d", "all"])
+    parser.add_argument("--sizes", default="cpu", choices=["cpu", "gpu"])
+    parser.add_argument("--iterations", type=int, default=None, help="DIP iterations")
+    parser.add_argument("--channels", type=int, default=None, help="U-Net channels per scale")
+    parser.add_argument("--tv-iterations", type=int, default=1000)
+    parser.add_argument("--tv-oracle", action="store_true", help="also tune TV's γ on a grid")
+    parser.add_argument("--every", type=int, default=100, help="PSNR curve spacing")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--bf16", action="store_true", help="speed: bf16 autocast (CUDA)")
+    parser.add_argument("--size", type=int, default=64, help="pretrain: image side")
+    parser.add_argument("--n-images", type=int, default=512)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--markdown", default=None)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    header = (
+        f"{args.part} on {args.device} ({platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__})"
+    )
+    print(header)
+    run, render = {
+        "quality": (run_quality, quality_markdown),
+        "speed": (run_speed, speed_markdown),
+        "pretrain": (run_pretrain, pretrain_markdown),
+    }[args.part]
+    rows = run(args)
+    table = render(rows)
+    print(table)
+    if args.markdown:
+        with open(args.markdown, "a") as handle:
+            handle.write(f"\n### {header}\n\n{table}")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"header": header, "args": vars(args), "rows": rows}, handle, indent=1)
+
+
+if __name__ == "__main__":
+    main()
