@@ -1,6 +1,7 @@
 """dip-uq: deep-image-prior tomographic reconstruction with per-voxel uncertainty."""
 
 from . import metrics, phantoms
+from .dip import DIP, pretrain
 from .fbp import fbp
 from .geometry import (
     ConeBeam,
@@ -12,6 +13,7 @@ from .geometry import (
     geometry_from_astra,
     geometry_from_dict,
 )
+from .laplace import LinearisedLaplace
 from .networks import UNet
 from .projector import RayTransform
 from .simulate import noise_sigma, simulate
@@ -19,9 +21,11 @@ from .simulate import noise_sigma, simulate
 __version__ = "0.1.0"
 
 __all__ = [
+    "DIP",
     "ConeBeam",
     "FanBeam",
     "Geometry",
+    "LinearisedLaplace",
     "ParallelBeam",
     "RayTransform",
     "UNet",
@@ -34,5 +38,6 @@ __all__ = [
     "metrics",
     "noise_sigma",
     "phantoms",
+    "pretrain",
     "simulate",
 ]

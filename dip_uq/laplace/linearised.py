@@ -1,0 +1,107 @@
+"""The network linearised around its fitted weights: ``h(θ) = f(θ*) + J (θ - θ*)``.
+
+Only the convolution weights are linearised (biases and normalisation parameters stay at their
+fitted values). ``J v`` (Jacobian-vector) and ``Jᵀ u`` (vector-Jacobian) products come from
+``torch.func.jvp`` / ``torch.func.vjp``, batched with ``torch.func.vmap``; ``J`` itself is never
+formed. Weight vectors are flat: ``(B, P)`` with the weights of :attr:`weights` concatenated in
+that order, each flattened in C order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+from torch.func import jvp, vjp, vmap
+
+from ..networks import ConvWeight
+
+__all__ = ["LinearisedNetwork"]
+
+ImageFn = Callable[[Mapping[str, torch.Tensor]], torch.Tensor]
+
+
+class LinearisedNetwork:
+    """Jacobian products of an image-valued function of network parameters.
+
+    Args:
+        image_fn: maps a full parameter dict (name -> tensor, as ``named_parameters()``) to the
+            image, shape ``volume.shape`` (``(ny, nx)`` or ``(nz, ny, nx)``).
+        params: the fitted parameters ``θ*`` (all of them; non-weights are held fixed).
+        weights: the convolution weights to linearise over (``UNet.conv_weights()``).
+        chunk: how many vectors one vmapped product handles at once; ``None`` sizes it so the
+            activations of one chunk fit in ``memory_budget`` bytes (measured by recording one
+            forward pass).
+        memory_budget: bytes of activations per chunk when ``chunk`` is ``None``.
+    """
+
+    def __init__(
+        self,
+        image_fn: ImageFn,
+        params: Mapping[str, torch.Tensor],
+        weights: Sequence[ConvWeight],
+        chunk: int | None = None,
+        memory_budget: int = 2**30,
+    ) -> None:
+        self.image_fn = image_fn
+        self.weights = list(weights)
+        missing = [w.name for w in self.weights if w.name not in params]
+        if missing:
+            raise ValueError(f"params lack the linearised weights {missing}")
+        names = {w.name for w in self.weights}
+        self.fixed = {k: v.detach() for k, v in params.items() if k not in names}
+        self.theta_star = torch.cat([params[w.name].detach().reshape(-1) for w in self.weights])
+        self.n_params = self.theta_star.numel()
+        with torch.no_grad():
+            self.image_star = self._image(self.theta_star)
+        if chunk is None:
+            chunk = max(1, int(memory_budget // max(self._activation_bytes(), 1)))
+        self.chunk = int(chunk)
+        self._vjp_fn: Callable | None = None
+
+    def _activation_bytes(self) -> int:
+        """Bytes autograd saves during one forward pass: the per-vector cost of a product."""
+        total = 0
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+
+        theta = self.theta_star.clone().requires_grad_(True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            self._image(theta)
+        return total
+
+    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Split a flat weight vector ``(P,)`` into the named weight tensors."""
+        out, start = {}, 0
+        for w in self.weights:
+            out[w.name] = flat[start : start + w.numel].reshape(w.shape)
+            start += w.numel
+        return out
+
+    def _image(self, flat: torch.Tensor) -> torch.Tensor:
+        return self.image_fn({**self.fixed, **self.unflatten(flat)})
+
+    def jvp(self, v: torch.Tensor) -> torch.Tensor:
+        """``J v`` for a batch ``v`` of shape ``(B, P)``; returns ``(B, *volume.shape)``."""
+
+        def one(tangent: torch.Tensor) -> torch.Tensor:
+            return jvp(self._image, (self.theta_star,), (tangent,))[1]
+
+        return torch.cat([vmap(one)(part) for part in v.split(self.chunk)])
+
+    def vjp(self, u: torch.Tensor) -> torch.Tensor:
+        """``Jᵀ u`` for a batch ``u`` of shape ``(B, *volume.shape)``; returns ``(B, P)``.
+
+        The forward pass at ``θ*`` is recorded once and reused by every call.
+        """
+        if self._vjp_fn is None:
+            _, self._vjp_fn = vjp(self._image, self.theta_star)
+        fn = self._vjp_fn
+        return torch.cat([vmap(lambda c: fn(c)[0])(part) for part in u.split(self.chunk)])
+
+    def __call__(self, theta: torch.Tensor) -> torch.Tensor:
+        """The linear model ``h(θ) = f(θ*) + J (θ - θ*)`` for a batch ``(B, P)``."""
+        return self.image_star + self.jvp(theta - self.theta_star)

@@ -1,0 +1,143 @@
+"""Batched solvers for the symmetric positive definite system ``N u = b`` of the sampler.
+
+``N = I + Mᵀ M / σ²`` (see :mod:`dip_uq.laplace`), applied by a callable to a batch ``(B, P)``;
+each row is an independent system. ``N``'s eigenvalues are at least 1, and the largest one
+(the curvature of the data term) sets the step of the gradient methods.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+__all__ = ["Method", "SolverConfig", "largest_eigenvalue", "solve"]
+
+Operator = Callable[[torch.Tensor], torch.Tensor]
+
+
+class Method(str, enum.Enum):
+    """How posterior samples are computed; both the strings and the members are accepted."""
+
+    SGD = "sgd"  # gradient descent with Nesterov momentum and iterate averaging
+    CG = "cg"  # conjugate gradients on the same linear system
+    EXACT = "exact"  # dense linear algebra (tiny problems only)
+
+
+@dataclass
+class SolverConfig:
+    """Settings of the iterative solvers, with their defaults.
+
+    Attributes:
+        method: see :class:`Method`.
+        iterations: the most iterations per solve.
+        tolerance: stop once every row's relative residual ``||N u - b|| / ||b||`` is below it.
+        lr: SGD step size; ``None`` takes ``1 / λ_max(N)`` (estimated by power iteration).
+        momentum: Nesterov momentum of SGD.
+        average_from: fraction of ``iterations`` after which SGD's iterates are averaged.
+        progress: show a progress bar.
+    """
+
+    method: Method | str = Method.CG
+    iterations: int = 300
+    tolerance: float = 1e-3
+    lr: float | None = None
+    momentum: float = 0.9
+    average_from: float = 0.5
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        try:
+            self.method = Method(self.method)
+        except ValueError:
+            known = ", ".join(repr(m.value) for m in Method)
+            raise ValueError(f"unknown method {self.method!r}; known methods: {known}") from None
+        if self.iterations < 1:
+            raise ValueError(f"iterations must be at least 1, got {self.iterations}")
+        if not self.tolerance > 0:
+            raise ValueError(f"tolerance must be positive, got {self.tolerance}")
+
+
+def largest_eigenvalue(normal: Operator, like: torch.Tensor, iterations: int = 20) -> float:
+    """Power-iteration estimate of ``λ_max(N)`` (slightly low; callers leave a margin)."""
+    g = torch.Generator(device=like.device).manual_seed(12345)
+    v = torch.randn(like.shape[1:], generator=g, device=like.device, dtype=like.dtype)[None]
+    value = 1.0
+    for _ in range(iterations):
+        w = normal(v)
+        value = float(w.norm())
+        v = w / value
+    return value
+
+
+def _residual_norms(r: torch.Tensor, b_norm: torch.Tensor) -> torch.Tensor:
+    return r.norm(dim=1) / b_norm
+
+
+def solve(
+    normal: Operator,
+    b: torch.Tensor,
+    x0: torch.Tensor | None = None,
+    config: SolverConfig | None = None,
+    lam_max: float | None = None,
+) -> tuple[torch.Tensor, dict]:
+    """Solve ``N u = b`` row by row for ``b`` of shape ``(B, P)``, starting at ``x0`` (or ``b``).
+
+    Returns the solution and a dict with ``iterations``, ``residual`` (the relative residual of
+    every row at the end) and ``trace`` (the largest relative residual per iteration).
+    """
+    config = config or SolverConfig()
+    x = (b if x0 is None else x0).clone()
+    b_norm = b.norm(dim=1).clamp_min(torch.finfo(b.dtype).tiny)
+    trace: list[float] = []
+    bar = tqdm(
+        total=config.iterations,
+        desc=f"posterior samples ({config.method.value})",
+        disable=not config.progress,
+        leave=False,
+    )
+    if config.method is Method.CG:
+        r = b - normal(x)
+        p = r.clone()
+        rr = (r * r).sum(1)
+        it = 0
+        for it in range(1, config.iterations + 1):
+            res = _residual_norms(r, b_norm)
+            trace.append(float(res.max()))
+            if trace[-1] < config.tolerance:
+                it -= 1
+                break
+            q = normal(p)
+            alpha = rr / (p * q).sum(1).clamp_min(torch.finfo(b.dtype).tiny)
+            x += alpha[:, None] * p
+            r -= alpha[:, None] * q
+            rr_new = (r * r).sum(1)
+            p = r + (rr_new / rr.clamp_min(torch.finfo(b.dtype).tiny))[:, None] * p
+            rr = rr_new
+            bar.update()
+        residual = _residual_norms(b - normal(x), b_norm)
+    else:
+        lam = lam_max if lam_max is not None else largest_eigenvalue(normal, b)
+        lr = config.lr if config.lr is not None else 1.0 / (1.1 * lam)  # power iteration is low
+        averaged, n_averaged = torch.zeros_like(x), 0
+        start_avg = int(config.average_from * config.iterations)
+        velocity = torch.zeros_like(x)
+        it = 0
+        for it in range(1, config.iterations + 1):
+            grad = normal(x + config.momentum * velocity) - b  # half the loss gradient
+            velocity = config.momentum * velocity - lr * grad
+            x = x + velocity
+            trace.append(float(_residual_norms(grad, b_norm).max()))
+            if it > start_avg:
+                n_averaged += 1
+                averaged += (x - averaged) / n_averaged
+            bar.update()
+            if trace[-1] < config.tolerance:
+                break
+        x = averaged if n_averaged > 0 else x
+        residual = _residual_norms(b - normal(x), b_norm)
+    bar.close()
+    return x, {"iterations": it, "residual": residual, "trace": trace}
