@@ -116,6 +116,13 @@ def demo(args: argparse.Namespace) -> None:
     print(f"FBP PSNR {scores['psnr_fbp_db']:.2f} dB ({timings['total_s']:.1f} s on {device})")
 
 
+def info(args: argparse.Namespace) -> None:
+    """Print what the reader finds in a scan file, without reconstructing."""
+    from .io import describe, read_scan
+
+    print(describe(read_scan(args.scan, geometry=args.geometry, format=args.format)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``dip-uq`` and its subcommands."""
     parser = argparse.ArgumentParser(
@@ -159,6 +166,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
     p.set_defaults(run=demo)
+
+    p = commands.add_parser(
+        "info",
+        help="describe a scan file without reconstructing it",
+        description="Print the format, arrays, angles, flats/darks, geometry and units that the "
+        "reader finds in SCAN.",
+    )
+    p.add_argument("scan", help="scan file or folder (HDF5/NeXus, .mat, TIFF, .npy/.npz)")
+    p.add_argument(
+        "--geometry", help="geometry JSON (to_dict format) or ASTRA vector file (TIFF and NumPy)"
+    )
+    p.add_argument("--format", help="skip detection: nxtomo, dxchange, mat, tiff, npy or npz")
+    p.set_defaults(run=info)
     return parser
 
 

@@ -36,3 +36,15 @@ def test_missing_cuda_is_a_one_line_error(tmp_path, capsys):
         pytest.skip("this machine has CUDA")
     assert main(["demo", "--out", str(tmp_path), "--device", "cuda"]) == 2
     assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_info_describes_a_real_scan_and_reports_a_missing_file(capsys):
+    from pathlib import Path
+
+    data = Path(__file__).resolve().parents[1] / "data"
+    assert main(["info", str(data / "aps_tooth.h5")]) == 0
+    out = capsys.readouterr().out
+    assert "181" in out and "640" in out
+    assert main(["info", str(data / "no-such-scan.h5")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dip-uq: error:") and err.count("\n") == 1
