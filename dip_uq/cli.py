@@ -123,6 +123,125 @@ def info(args: argparse.Namespace) -> None:
     print(describe(read_scan(args.scan, geometry=args.geometry, format=args.format)))
 
 
+def _slice(text: str | None) -> tuple[int, int] | int | None:
+    """``"START:STOP"`` or ``"INDEX"`` from the command line."""
+    if text is None:
+        return None
+    try:
+        if ":" in text:
+            start, stop = text.split(":")
+            return int(start), int(stop)
+        return int(text)
+    except ValueError:
+        raise UserError(f"expected INDEX or START:STOP, got {text!r}") from None
+
+
+def reconstruct(args: argparse.Namespace) -> None:
+    """Reconstruct a scan file (FBP or DIP) and, for DIP, its per-voxel uncertainty."""
+    from . import DIP, LinearisedLaplace, RayTransform, io
+    from .laplace import SolverConfig
+    from .outputs import save_report, write_h5, write_json, write_tiff
+
+    started = time.perf_counter()
+    device = _device(args.device)
+    out = Path(args.out)
+    names = ["reconstruction.h5", "mean.tif", "std.tif", "report.png", "run.json"]
+    _prepare_output(out, names, args.overwrite)
+    center = args.center_offset
+    center = None if center is None else center if center == "auto" else float(center)
+    scan = io.read_scan(args.scan, geometry=args.geometry, format=args.format)
+    scan = io.preprocess(
+        scan,
+        rows=_slice(args.rows),
+        center_offset=center,
+        crop=_slice(args.crop),
+        binning=args.bin,
+        angle_step=args.angle_step,
+    )
+    volume = scan.volume or io.default_volume(scan, size=args.size, voxel_size=args.voxel_size)
+    A = RayTransform(volume, scan.geometry, backend=args.backend)
+    y = torch.as_tensor(scan.sinogram, device=device)
+    timings = {"read_s": time.perf_counter() - started}
+
+    start = time.perf_counter()
+    fbp = A.fbp(y, filter="hann")
+    timings["fbp_s"] = time.perf_counter() - start
+    mean, std, curves, hyper = fbp, None, {}, {}
+    if args.method == "dip":
+        start = time.perf_counter()
+        rec = DIP(
+            A,
+            iterations=args.iterations,
+            seed=args.seed,
+            device=device,
+            checkpoint=out / "dip-checkpoint.pt",
+            progress=not args.quiet,
+        )
+        mean = rec.fit(y)
+        timings["dip_s"] = time.perf_counter() - start
+        curves["DIP loss"] = np.asarray(rec.history["loss"])
+        if args.uq == "laplace":
+            start = time.perf_counter()
+            lap = LinearisedLaplace(
+                rec, y=y, seed=args.seed, solver=SolverConfig(iterations=args.cg_iterations)
+            )
+            history = lap.fit_hyperparameters(
+                args.em_steps, n_samples=args.samples, progress=not args.quiet
+            )
+            std = lap.std(args.samples)
+            timings["uncertainty_s"] = time.perf_counter() - start
+            curves["EM noise variance"] = np.asarray(history["noise_variance"])
+            hyper = {"noise_variance": lap.noise_variance, "prior_variances": lap.prior.variances}
+
+    to_np = lambda t: t.detach().cpu().numpy().astype(np.float32)  # noqa: E731
+    datasets = {"mean": to_np(mean), "fbp": to_np(fbp)}
+    images = {"FBP (Hann)": datasets["fbp"]}
+    if args.method == "dip":
+        images["DIP mean"] = datasets["mean"]
+    if std is not None:
+        datasets["std"] = to_np(std)
+        images["std"] = datasets["std"]
+    params = {k: v for k, v in vars(args).items() if k not in ("run",)}
+    write_h5(
+        out / "reconstruction.h5",
+        datasets,
+        {
+            "volume": volume.to_dict(),
+            "geometry": scan.geometry.to_dict(),
+            "parameters": params,
+            "notes": scan.notes,
+        },
+    )
+    write_tiff(out / "mean.tif", datasets["mean"])
+    if std is not None:
+        write_tiff(out / "std.tif", datasets["std"])
+    save_report(
+        out / "report.png",
+        images,
+        title=f"dip-uq reconstruct {Path(args.scan).name}",
+        curves=curves,
+    )
+    timings["total_s"] = time.perf_counter() - started
+    write_json(
+        out / "run.json",
+        {
+            "command": sys.argv,
+            "versions": {
+                "dip_uq": __version__,
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+            },
+            "device": str(device),
+            "backend": A.backend,
+            "parameters": params,
+            "timings": timings,
+            "hyperparameters": hyper,
+            "notes": scan.notes,
+        },
+    )
+    print(f"wrote {out} ({timings['total_s']:.1f} s on {device})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``dip-uq`` and its subcommands."""
     parser = argparse.ArgumentParser(
@@ -179,6 +298,48 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--format", help="skip detection: nxtomo, dxchange, mat, tiff, npy or npz")
     p.set_defaults(run=info)
+
+    p = commands.add_parser(
+        "reconstruct",
+        help="reconstruct a scan file, with a per-voxel uncertainty map for DIP",
+        description="Read SCAN, reconstruct it with FBP or the deep image prior and, with "
+        "--uq laplace, estimate the per-voxel posterior standard deviation.",
+    )
+    p.add_argument("scan", help="scan file or folder (HDF5/NeXus, .mat, TIFF, .npy/.npz)")
+    p.add_argument("--out", default="dip-uq-out", help="output folder (default: %(default)s)")
+    p.add_argument("--geometry", help="geometry JSON or ASTRA vector file (TIFF and NumPy)")
+    p.add_argument("--format", help="skip detection: nxtomo, dxchange, mat, tiff, npy or npz")
+    p.add_argument("--method", choices=["fbp", "dip"], default="dip", help="(default: %(default)s)")
+    p.add_argument(
+        "--uq",
+        choices=["laplace", "none"],
+        default="laplace",
+        help="uncertainty for --method dip (default: %(default)s)",
+    )
+    p.add_argument("--iterations", type=int, help="DIP iterations (default: from the noise level)")
+    p.add_argument(
+        "--samples", type=int, default=16, help="posterior samples (default: %(default)s)"
+    )
+    p.add_argument("--em-steps", type=int, default=5, help="EM steps (default: %(default)s)")
+    p.add_argument(
+        "--cg-iterations",
+        type=int,
+        default=100,
+        help="conjugate-gradient iterations per sampling solve (default: %(default)s)",
+    )
+    p.add_argument("--rows", help="detector rows to keep: INDEX or START:STOP")
+    p.add_argument("--crop", help="detector columns to keep: START:STOP")
+    p.add_argument("--bin", type=int, default=1, help="bin detector pixels by this factor")
+    p.add_argument("--angle-step", type=int, default=1, help="keep every k-th projection")
+    p.add_argument("--center-offset", help="centre-of-rotation offset in pixels, or 'auto'")
+    p.add_argument("--size", type=int, help="reconstruction grid side in voxels")
+    p.add_argument("--voxel-size", type=float, help="voxel size in the scan's length unit")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--backend", choices=["auto", "torch", "astra"], default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
+    p.set_defaults(run=reconstruct)
     return parser
 
 

@@ -48,3 +48,31 @@ def test_info_describes_a_real_scan_and_reports_a_missing_file(capsys):
     assert main(["info", str(data / "no-such-scan.h5")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("dip-uq: error:") and err.count("\n") == 1
+
+
+def test_reconstruct_with_dip_and_laplace_writes_mean_std_and_report(tmp_path, capsys):
+    import tifffile
+    import torch
+
+    import dip_uq as du
+    from dip_uq import io
+
+    volume = du.Volume((32, 32))
+    geometry = du.ParallelBeam(np.linspace(0, np.pi, 20, endpoint=False), (48,))
+    truth = du.phantoms.shepp_logan(volume.shape)
+    y = du.simulate(du.RayTransform(volume, geometry, "torch"), truth, noise=0.03)
+    path = tmp_path / "scan.nxs"
+    io.write_nxtomo(path, io.Scan(y.numpy(), geometry), truth=truth.numpy(), volume=volume)
+    out = tmp_path / "out"
+    args = ["reconstruct", str(path), "--out", str(out), "--iterations", "30", "--samples", "4"]
+    args += ["--em-steps", "1", "--cg-iterations", "10", "--device", "cpu", "--quiet"]
+    assert main(args) == 0
+    with h5py.File(out / "reconstruction.h5") as f:
+        mean, std = f["mean"][()], f["std"][()]
+    assert mean.shape == std.shape == (32, 32)
+    assert np.isfinite(std).all() and (std > 0).all()
+    np.testing.assert_array_equal(tifffile.imread(out / "std.tif"), std)
+    run = json.loads((out / "run.json").read_text())
+    assert run["hyperparameters"]["noise_variance"] > 0 and "dip_s" in run["timings"]
+    assert (out / "report.png").stat().st_size > 10_000
+    assert torch.isfinite(torch.as_tensor(mean)).all()
