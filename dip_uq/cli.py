@@ -37,6 +37,22 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _versions() -> dict[str, str]:
+    """Versions recorded in run.json: dip-uq, torch, Python and ASTRA (when importable)."""
+    versions = {
+        "dip_uq": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    try:
+        import astra
+
+        versions["astra"] = astra.__version__
+    except ImportError:
+        pass
+    return versions
+
+
 def _prepare_output(out: Path, names: list[str], overwrite: bool) -> None:
     existing = [n for n in names if (out / n).exists()]
     if existing and not overwrite:
@@ -102,11 +118,7 @@ def demo(args: argparse.Namespace) -> None:
         out / "run.json",
         {
             "command": sys.argv,
-            "versions": {
-                "dip_uq": __version__,
-                "torch": torch.__version__,
-                "python": platform.python_version(),
-            },
+            "versions": _versions(),
             "parameters": params,
             "scores": scores,
             "timings": timings,
@@ -226,11 +238,7 @@ def reconstruct(args: argparse.Namespace) -> None:
         out / "run.json",
         {
             "command": sys.argv,
-            "versions": {
-                "dip_uq": __version__,
-                "torch": torch.__version__,
-                "python": platform.python_version(),
-            },
+            "versions": _versions(),
             "device": str(device),
             "backend": A.backend,
             "parameters": params,
