@@ -78,26 +78,26 @@ def _positive_int_tuple(name: str, value: Any, lengths: Sequence[int]) -> tuple[
     return out
 
 
-def _positive_float_tuple(name: str, value: Any, length: int) -> tuple[float, ...]:
+def _float_tuple(name: str, value: Any, length: int, positive: bool) -> tuple[float, ...]:
+    """``length`` finite floats (a scalar is repeated), all > 0 when ``positive``."""
+    kind = "positive number" if positive else "finite number"
     values = [value] * length if np.isscalar(value) else list(value)
     try:
         out = tuple(float(v) for v in values)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive number, got {value!r}") from None
-    if len(out) != length or not all(math.isfinite(v) and v > 0 for v in out):
-        raise ValueError(f"{name} must be a positive number or {length} of them, got {value!r}")
+        raise ValueError(f"{name} must be a {kind}, got {value!r}") from None
+    valid = all(math.isfinite(v) and (v > 0 or not positive) for v in out)
+    if len(out) != length or not valid:
+        raise ValueError(f"{name} must be a {kind} or {length} of them, got {value!r}")
     return out
+
+
+def _positive_float_tuple(name: str, value: Any, length: int) -> tuple[float, ...]:
+    return _float_tuple(name, value, length, positive=True)
 
 
 def _finite_float_tuple(name: str, value: Any, length: int) -> tuple[float, ...]:
-    values = [value] * length if np.isscalar(value) else list(value)
-    try:
-        out = tuple(float(v) for v in values)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if len(out) != length or not all(math.isfinite(v) for v in out):
-        raise ValueError(f"{name} must be a finite number or {length} of them, got {value!r}")
-    return out
+    return _float_tuple(name, value, length, positive=False)
 
 
 def _angles(value: Any) -> np.ndarray:
