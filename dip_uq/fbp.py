@@ -217,17 +217,6 @@ def _check_inputs(sino: Any, volume: Any, geometry: Any, frequency_scaling: Any)
 # --------------------------------------------------------------------------------------------
 # per-projection parameters (numpy float64, geometry lifted to 3D)
 # --------------------------------------------------------------------------------------------
-def _lifted_frames(geometry: Geometry) -> dict[str, np.ndarray]:
-    """Frames as 3D vectors: a 2D geometry becomes the ``z = 0`` plane, one detector row."""
-    frames = {k: np.asarray(v, dtype=np.float64) for k, v in geometry.frames().items()}
-    if geometry.ndim == 3:
-        return frames
-    n = geometry.n_angles
-    lifted = {k: np.concatenate([v, np.zeros((n, 1))], axis=1) for k, v in frames.items()}
-    lifted["v"] = np.tile([0.0, 0.0, 1.0], (n, 1))
-    return lifted
-
-
 def _parallel_parameters(
     frames: dict[str, np.ndarray], weights: np.ndarray, det_shape: tuple[int, int]
 ) -> dict[str, np.ndarray]:
@@ -449,7 +438,7 @@ def fbp(
     data = sino.to(dtype).reshape(-1, n_angles, n_rows, n_cols)
     n_batch = data.shape[0]
 
-    frames = _lifted_frames(geometry)
+    frames = geometry.frames_3d()
     weights = angular_weights(geometry)
     parallel = geometry.kind == "parallel"
     make_parameters = _parallel_parameters if parallel else _cone_parameters

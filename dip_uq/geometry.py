@@ -262,6 +262,17 @@ class Geometry:
         names = ["ray" if self.kind == "parallel" else "source", "center", "u", "v"][: d + 1]
         return {name: vec[:, k * d : (k + 1) * d] for k, name in enumerate(names)}
 
+    def frames_3d(self) -> dict[str, np.ndarray]:
+        """:meth:`frames` as 3D vectors: a 2D geometry lies in the ``z = 0`` plane and gets
+        one detector row, ``v = (0, 0, 1)``. Each entry has shape ``(n_angles, 3)``."""
+        frames = self.frames()
+        if self.ndim == 3:
+            return frames
+        n = self.n_angles
+        lifted = {k: np.concatenate([v, np.zeros((n, 1))], axis=1) for k, v in frames.items()}
+        lifted["v"] = np.tile([0.0, 0.0, 1.0], (n, 1))
+        return lifted
+
     def to_vector_geometry(self) -> VectorGeometry:
         """The same geometry as a :class:`VectorGeometry`."""
         return VectorGeometry(self.vectors, self.det_shape, kind=self.kind)

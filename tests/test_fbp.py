@@ -43,17 +43,6 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 # --------------------------------------------------------------------------------------------
 # analytic phantoms
 # --------------------------------------------------------------------------------------------
-def _frames3(geometry: Geometry) -> dict[str, np.ndarray]:
-    """The geometry's frames as 3D vectors (a 2D geometry lies in the z = 0 plane)."""
-    frames = geometry.frames()
-    if geometry.ndim == 3:
-        return frames
-    n = geometry.n_angles
-    lifted = {k: np.concatenate([v, np.zeros((n, 1))], 1) for k, v in frames.items()}
-    lifted["v"] = np.tile([0.0, 0.0, 1.0], (n, 1))
-    return lifted
-
-
 def _rotation(phi: float) -> np.ndarray:
     c, s = math.cos(phi), math.sin(phi)
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
@@ -73,7 +62,7 @@ def project_analytic(phantom: list[Ellipsoid], geometry: Geometry) -> np.ndarray
     between the roots of ``A t² + 2 B t + C = 0``: the chord has length
     ``2 sqrt(B² - A C) / A`` (Kak & Slaney, eq. 3.8, for the 2D ellipse).
     """
-    f = _frames3(geometry)
+    f = geometry.frames_3d()
     rows, cols = (1, *geometry.det_shape) if geometry.ndim == 2 else geometry.det_shape
     i = np.arange(cols) - (cols - 1) / 2
     j = np.arange(rows) - (rows - 1) / 2

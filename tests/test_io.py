@@ -43,19 +43,9 @@ K11 = DATA / "diamond_k11" / "k11-18014.nxs"
 BALLS = [((6.0, -4.0, 0.5), 9.0, 0.02), ((-9.0, 7.0, -1.0), 4.0, 0.05)]
 
 
-def _lifted(geometry: Geometry) -> dict[str, np.ndarray]:
-    frames = geometry.frames()
-    if geometry.ndim == 3:
-        return frames
-    n = geometry.n_angles
-    out = {k: np.concatenate([v, np.zeros((n, 1))], 1) for k, v in frames.items()}
-    out["v"] = np.tile([0.0, 0.0, 1.0], (n, 1))
-    return out
-
-
 def ball_sinogram(geometry: Geometry, balls=BALLS) -> np.ndarray:
     """Exact line integrals through balls (2D: discs in z = 0) for every detector pixel."""
-    f = _lifted(geometry)
+    f = geometry.frames_3d()
     rows = geometry.det_shape[0] if geometry.ndim == 3 else 1
     cols = geometry.det_shape[-1]
     i = np.arange(cols) - (cols - 1) / 2

@@ -281,17 +281,6 @@ def transmission_to_line_integrals(data: np.ndarray, where: str) -> tuple[np.nda
 # --------------------------------------------------------------------------------------------
 # reconstruction grid
 # --------------------------------------------------------------------------------------------
-def _lifted(geometry: Geometry) -> dict[str, np.ndarray]:
-    """Frames as 3D vectors; a 2D geometry lies in the z = 0 plane with v = (0, 0, 1)."""
-    frames = geometry.frames()
-    if geometry.ndim == 3:
-        return frames
-    n = geometry.n_angles
-    out = {k: np.concatenate([v, np.zeros((n, 1))], 1) for k, v in frames.items()}
-    out["v"] = np.tile([0.0, 0.0, 1.0], (n, 1))
-    return out
-
-
 def field_of_view(geometry: Geometry) -> tuple[float, tuple[float, float] | None, float]:
     """Radius (about the ``z`` axis) and ``z`` range seen by the detector, and the pixel pitch
     at the rotation axis, in the geometry's length unit.
@@ -302,7 +291,7 @@ def field_of_view(geometry: Geometry) -> tuple[float, tuple[float, float] | None
     magnification. The ``z`` range (3D only) is where the rays through the top and bottom row
     edges pass closest to the axis. Returns ``(radius, (z_min, z_max) or None, pitch)``.
     """
-    f = _lifted(geometry)
+    f = geometry.frames_3d()
     first = f["ray"] if geometry.kind == "parallel" else f["source"]
     n_cols = geometry.det_shape[-1]
     n_rows = geometry.det_shape[0] if geometry.ndim == 3 else 1
@@ -402,7 +391,7 @@ def axis_column(geometry: Geometry) -> float | None:
     beam geometry (median over projections); None for fan/cone beam."""
     if geometry.kind != "parallel":
         return None
-    f = _lifted(geometry)
+    f = geometry.frames_3d()
     u = f["u"]
     t = -np.sum(f["center"] * u, 1) / np.sum(u * u, 1)  # origin's coordinate along u, in pixels
     return float(np.median(t) + (geometry.det_shape[-1] - 1) / 2)
