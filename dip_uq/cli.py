@@ -250,6 +250,28 @@ def reconstruct(args: argparse.Namespace) -> None:
     print(f"wrote {out} ({timings['total_s']:.1f} s on {device})")
 
 
+def _add_scan_arguments(p: argparse.ArgumentParser) -> None:
+    """SCAN and how to read it, shared by the commands that read scan files."""
+    p.add_argument("scan", help="scan file or folder (HDF5/NeXus, .mat, TIFF, .npy/.npz)")
+    p.add_argument(
+        "--geometry", help="geometry JSON (to_dict format) or ASTRA vector file (TIFF and NumPy)"
+    )
+    p.add_argument("--format", help="skip detection: nxtomo, dxchange, mat, tiff, npy or npz")
+
+
+def _add_device_arguments(p: argparse.ArgumentParser) -> None:
+    """Where to compute, shared by the commands that reconstruct."""
+    p.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], default="auto", help="(default: %(default)s)"
+    )
+    p.add_argument(
+        "--backend",
+        choices=["auto", "torch", "astra"],
+        default="auto",
+        help="projector (default: %(default)s)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``dip-uq`` and its subcommands."""
     parser = argparse.ArgumentParser(
@@ -282,15 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="relative Gaussian noise level (default: %(default)s)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    p.add_argument(
-        "--device", choices=["auto", "cpu", "cuda"], default="auto", help="(default: %(default)s)"
-    )
-    p.add_argument(
-        "--backend",
-        choices=["auto", "torch", "astra"],
-        default="auto",
-        help="projector (default: %(default)s)",
-    )
+    _add_device_arguments(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
     p.set_defaults(run=demo)
 
@@ -300,11 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print the format, arrays, angles, flats/darks, geometry and units that the "
         "reader finds in SCAN.",
     )
-    p.add_argument("scan", help="scan file or folder (HDF5/NeXus, .mat, TIFF, .npy/.npz)")
-    p.add_argument(
-        "--geometry", help="geometry JSON (to_dict format) or ASTRA vector file (TIFF and NumPy)"
-    )
-    p.add_argument("--format", help="skip detection: nxtomo, dxchange, mat, tiff, npy or npz")
+    _add_scan_arguments(p)
     p.set_defaults(run=info)
 
     p = commands.add_parser(
@@ -313,10 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read SCAN, reconstruct it with FBP or the deep image prior and, with "
         "--uq laplace, estimate the per-voxel posterior standard deviation.",
     )
-    p.add_argument("scan", help="scan file or folder (HDF5/NeXus, .mat, TIFF, .npy/.npz)")
+    _add_scan_arguments(p)
     p.add_argument("--out", default="dip-uq-out", help="output folder (default: %(default)s)")
-    p.add_argument("--geometry", help="geometry JSON or ASTRA vector file (TIFF and NumPy)")
-    p.add_argument("--format", help="skip detection: nxtomo, dxchange, mat, tiff, npy or npz")
     p.add_argument("--method", choices=["fbp", "dip"], default="dip", help="(default: %(default)s)")
     p.add_argument(
         "--uq",
@@ -343,8 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, help="reconstruction grid side in voxels")
     p.add_argument("--voxel-size", type=float, help="voxel size in the scan's length unit")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--backend", choices=["auto", "torch", "astra"], default="auto")
+    _add_device_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
     p.set_defaults(run=reconstruct)
