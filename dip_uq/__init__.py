@@ -1,6 +1,6 @@
 """dip-uq: deep-image-prior tomographic reconstruction with per-voxel uncertainty."""
 
-from . import metrics, phantoms
+from . import baselines, metrics, phantoms, plots
 from .dip import DIP, pretrain
 from .fbp import fbp
 from .geometry import (
@@ -32,12 +32,14 @@ __all__ = [
     "VectorGeometry",
     "Volume",
     "__version__",
+    "baselines",
     "fbp",
     "geometry_from_astra",
     "geometry_from_dict",
     "metrics",
     "noise_sigma",
     "phantoms",
+    "plots",
     "pretrain",
     "simulate",
 ]

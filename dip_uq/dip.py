@@ -387,6 +387,13 @@ class DIP:
             loss stay in float32). Off by default: it was not faster for small-channel 3D
             U-Nets on an H200.
         progress: show a tqdm progress bar during :meth:`fit`.
+        after_step: a hook called as ``after_step(dip, iteration)`` right after every
+            optimiser step, before the next loss is evaluated. It may change the weights of
+            :attr:`network` in place (under ``torch.no_grad()``): stochastic-gradient Langevin
+            dynamics adds its noise this way (:func:`dip_uq.baselines.sgld`). Unlike
+            ``fit``'s ``callback`` it runs before that iteration's checkpoint is written, so
+            the checkpoint holds the weights it left; its own state (a random generator, say)
+            is not checkpointed.
 
     After :meth:`fit`: :attr:`network` holds the selected weights ``θ*`` (also in
     :attr:`params_star`, detached), :attr:`history` the per-iteration ``loss``, ``data_fit``
@@ -420,6 +427,7 @@ class DIP:
         clip_grad: float | None = 5.0,
         mixed_precision: bool = False,
         progress: bool = True,
+        after_step: Callable[[DIP, int], Any] | None = None,
     ) -> None:
         for attr in ("volume", "geometry", "fbp"):
             if not hasattr(A, attr):
@@ -443,6 +451,9 @@ class DIP:
         if self.mixed_precision and self.device.type != "cuda":
             raise ValueError("mixed_precision=True needs a CUDA device; leave it off on the CPU")
         self.progress = bool(progress)
+        if after_step is not None and not callable(after_step):
+            raise ValueError(f"after_step must be callable or None, got {after_step!r}")
+        self.after_step = after_step
         self._requested = {
             "iterations": _positive_int("iterations", iterations, allow_none=True),
             "lr": _positive_float("lr", lr),
@@ -680,6 +691,8 @@ class DIP:
                 norm if run.grad_ema is None else CLIP_EMA * run.grad_ema + (1 - CLIP_EMA) * norm
             )
         optimizer.step()
+        if self.after_step is not None:
+            self.after_step(self, k)
         return record
 
     # ---------------------------------------------------------------------------------------

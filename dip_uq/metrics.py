@@ -1,13 +1,36 @@
-"""Image-quality metrics for reconstructions with a known ground truth."""
+"""Image-quality and calibration metrics for reconstructions with a known ground truth.
+
+Images are 2D ``(Y, X)`` or 3D ``(Z, Y, X)`` tensors. The calibration metrics (:func:`coverage`,
+:func:`calibration_curve`, :func:`spearman`, :func:`reliability`) pool all voxels, so any
+shape works (a masked selection ``x[mask]`` too); arrays must agree in shape. ``mean``,
+``std``, ``truth`` and ``error`` are in the units of the image (attenuation per unit length);
+coverages and levels are fractions in ``[0, 1]``.
+"""
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Iterable
+from statistics import NormalDist
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["patch_tll", "psnr", "ssim"]
+__all__ = [
+    "DEFAULT_LEVELS",
+    "calibration_curve",
+    "coverage",
+    "patch_tll",
+    "psnr",
+    "reliability",
+    "spearman",
+    "ssim",
+]
+
+# Nominal levels of calibration_curve: 0.05, 0.10, ..., 0.95 and 0.99 (the tail matters).
+DEFAULT_LEVELS = (*(round(0.05 * i, 2) for i in range(1, 20)), 0.99)
 
 # SSIM constants of Wang et al. (2004): Gaussian window σ = 1.5 px truncated at 3.5σ
 # (11 taps, as scikit-image with gaussian_weights=True), K1 = 0.01, K2 = 0.03.
@@ -114,7 +137,10 @@ def patch_tll(
     ``Σ = Sᵀ S / n + jitter · mean(diag) · I`` (the jitter keeps ``Σ`` invertible when
     ``n`` is below the patch size), and ``log N(truth - mean; 0, Σ)`` is summed over patches
     and divided by the number of pixels covered. ``patch=1`` is the per-pixel Gaussian
-    log-likelihood with variance ``mean(samples²)``.
+    log-likelihood with variance ``mean(samples²)``. Patch sides ``1 .. k`` work in 2D and 3D
+    (a curve over sides is ``[patch_tll(mean, samples, truth, p) for p in range(1, k + 1)]``).
+    Samples of the image itself (:class:`dip_uq.baselines.UQResult`) are passed as
+    ``samples - mean``.
 
     Args:
         mean: the reconstruction, ``(ny, nx)`` or ``(nz, ny, nx)``.
@@ -128,8 +154,12 @@ def patch_tll(
             f"shapes differ: mean {tuple(mean.shape)}, samples {tuple(samples.shape)}, "
             f"truth {tuple(truth.shape)}; samples must be (n, *mean.shape)"
         )
-    if patch < 1 or any(n < patch for n in mean.shape):
-        raise ValueError(f"patch must be between 1 and the image side, got {patch}")
+    integer = isinstance(patch, (int, np.integer)) and not isinstance(patch, bool)
+    if not integer or patch < 1 or any(n < patch for n in mean.shape):
+        raise ValueError(
+            f"patch must be an integer between 1 and the shortest image side "
+            f"{min(mean.shape)}, got {patch!r}"
+        )
     dims = mean.ndim
     cut = tuple(slice(0, n - n % patch) for n in mean.shape)
 
@@ -154,3 +184,200 @@ def patch_tll(
     logdet = 2 * chol.diagonal(dim1=1, dim2=2).log().sum(-1)
     loglik = -0.5 * (white.square().sum(-1) + logdet + k * math.log(2 * math.pi))
     return float(loglik.sum() / (residual.numel()))
+
+
+# --------------------------------------------------------------------------------------------
+# calibration of a per-voxel standard deviation
+# --------------------------------------------------------------------------------------------
+def _tensors(**arrays: torch.Tensor | np.ndarray) -> list[torch.Tensor]:
+    """The arrays as floating-point tensors of one dtype on the first one's device, after
+    checking that they agree in shape, are not empty and hold only finite values."""
+    tensors = {}
+    for name, value in arrays.items():
+        if not isinstance(value, (torch.Tensor, np.ndarray)):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+        value = torch.as_tensor(value).detach()
+        tensors[name] = value if value.is_floating_point() else value.double()
+    shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+    if len(set(shapes.values())) > 1:
+        listed = ", ".join(f"{name} {shape}" for name, shape in shapes.items())
+        raise ValueError(f"shapes differ: {listed}; pass arrays of one shape, e.g. (Y, X)")
+    first = next(iter(tensors.values()))
+    if first.numel() == 0:
+        raise ValueError(f"the arrays are empty (shape {tuple(first.shape)})")
+    dtypes = (t.dtype for t in tensors.values())
+    dtype = functools.reduce(torch.promote_types, dtypes, torch.float32)
+    out = []
+    for name, t in tensors.items():
+        t = t.to(first.device, dtype)
+        bad = int((~torch.isfinite(t)).sum())
+        if bad:
+            raise ValueError(f"{name} contains {bad} NaN/Inf values")
+        out.append(t)
+    return out
+
+
+def _check_std(std: torch.Tensor) -> None:
+    low = float(std.min())
+    if low < 0:
+        raise ValueError(f"std must be non-negative, got a minimum of {low:g}")
+
+
+def _levels(levels: Iterable[float]) -> list[float]:
+    """Nominal levels as floats, each strictly between 0 and 1."""
+    try:
+        values = [float(level) for level in np.atleast_1d(np.asarray(levels, dtype=float))]
+    except (TypeError, ValueError):
+        raise ValueError(f"levels must be numbers in (0, 1), got {levels!r}") from None
+    if not values:
+        raise ValueError("levels is empty; pass at least one level in (0, 1)")
+    bad = [v for v in values if not 0 < v < 1]
+    if bad:
+        raise ValueError(f"levels must lie strictly between 0 and 1, got {bad[0]!r}")
+    return values
+
+
+def _coverages(
+    mean: torch.Tensor, std: torch.Tensor, truth: torch.Tensor, levels: list[float]
+) -> list[float]:
+    mean, std, truth = _tensors(mean=mean, std=std, truth=truth)
+    _check_std(std)
+    error = (truth - mean).abs()
+    normal = NormalDist()
+    # |truth - mean| <= z std, not a ratio: a voxel with std 0 counts only if its error is 0
+    return [
+        float((error <= normal.inv_cdf((1 + level) / 2) * std).double().mean()) for level in levels
+    ]
+
+
+def coverage(
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    truth: torch.Tensor,
+    levels: Iterable[float] = (0.5, 0.9, 0.95),
+) -> dict[float, float]:
+    """Empirical coverage of the central Gaussian intervals at the nominal ``levels``.
+
+    For each level ``l`` the fraction of voxels whose truth lies in the interval::
+
+        |truth - mean| <= z_l · std,        z_l = Φ⁻¹((1 + l) / 2)
+
+    (``z`` = 0.674, 1.645, 1.960 for ``l`` = 0.5, 0.9, 0.95). A calibrated Gaussian posterior
+    gives coverage ≈ ``l``; above ``l`` the std is too large, below too small.
+
+    Args:
+        mean: the reconstruction, ``(Y, X)`` or ``(Z, Y, X)`` (any shape works; all voxels
+            are pooled).
+        std: the per-voxel posterior standard deviation, same shape, ``>= 0``.
+        truth: the ground truth, same shape.
+        levels: nominal levels, each strictly between 0 and 1.
+
+    Returns:
+        ``{level: observed fraction}`` in the order of ``levels``.
+
+    >>> mean = torch.zeros(2, 2)
+    >>> coverage(mean, torch.ones(2, 2), torch.tensor([[0.1, -0.5], [1.0, 3.0]]), (0.5, 0.9))
+    {0.5: 0.5, 0.9: 0.75}
+    """
+    values = _levels(levels)
+    return dict(zip(values, _coverages(mean, std, truth, values), strict=True))
+
+
+def calibration_curve(
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    truth: torch.Tensor,
+    levels: Iterable[float] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Expected against observed coverage of the central Gaussian intervals.
+
+    The observed value at level ``l`` is :func:`coverage` at ``l``; a calibrated posterior
+    lies on the diagonal (plot it with :func:`dip_uq.plots.calibration_plot`).
+
+    Args:
+        mean, std, truth: as for :func:`coverage`.
+        levels: nominal levels in (0, 1); ``None``: :data:`DEFAULT_LEVELS` (0.05, 0.10, ...,
+            0.95, 0.99).
+
+    Returns:
+        ``(expected, observed)``: two float64 arrays of the same length, ``expected`` the
+        levels, ``observed`` the fractions of voxels covered.
+    """
+    values = _levels(DEFAULT_LEVELS if levels is None else levels)
+    return np.array(values), np.array(_coverages(mean, std, truth, values))
+
+
+def _ranks(x: torch.Tensor) -> torch.Tensor:
+    """1-based ranks of a flat tensor in float64, ties given their average rank."""
+    order = torch.argsort(x, stable=True)
+    _, group, counts = torch.unique_consecutive(x[order], return_inverse=True, return_counts=True)
+    last = torch.cumsum(counts, 0).double()  # rank of the last member of each tie group
+    ranks = torch.empty(x.shape, dtype=torch.float64, device=x.device)
+    ranks[order] = (last - (counts - 1) / 2)[group]
+    return ranks
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation of two arrays of one shape (all voxels pooled).
+
+    The Pearson correlation of the ranks, ties given their average rank (as
+    ``scipy.stats.spearmanr``)::
+
+        ρ = cov(rank a, rank b) / (std(rank a) · std(rank b))
+
+    Used as ``spearman(std, (mean - truth).abs())``: 1 when the predicted std orders the
+    voxels exactly as the actual error does. ``nan`` when either array is constant.
+
+    >>> round(spearman(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 3.0, 2.0])), 12)
+    0.5
+    """
+    a, b = _tensors(a=a, b=b)
+    if a.numel() < 2:
+        raise ValueError(f"spearman needs at least 2 values, got shape {tuple(a.shape)}")
+    ra, rb = _ranks(a.reshape(-1)), _ranks(b.reshape(-1))
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = float(ra.norm() * rb.norm())
+    return float((ra * rb).sum()) / denominator if denominator > 0 else math.nan
+
+
+def reliability(
+    std: torch.Tensor, error: torch.Tensor, bins: int = 10
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Binned predicted std against the actual root-mean-square error.
+
+    The voxels are sorted by ``std`` and split into ``bins`` groups of equal count (the std
+    quantiles; the first ``n mod bins`` groups hold one voxel more). Per group ``g``::
+
+        mean_std[g] = mean(std),        rmse[g] = sqrt(mean(error²))
+
+    A calibrated std gives ``rmse ≈ mean_std`` (the diagonal of
+    :func:`dip_uq.plots.reliability_plot`).
+
+    Args:
+        std: the per-voxel posterior std, ``(Y, X)`` or ``(Z, Y, X)`` (any shape), ``>= 0``.
+        error: the error ``mean - truth`` (its sign does not matter), same shape.
+        bins: number of groups, between 1 and the number of voxels.
+
+    Returns:
+        ``(mean_std, rmse, counts)``: float64, float64 and int64 arrays of length ``bins``,
+        in increasing order of std.
+
+    >>> s, r, n = reliability(torch.tensor([1.0, 2.0, 3.0, 4.0]),
+    ...                       torch.tensor([1.0, -1.0, 3.0, -3.0]), bins=2)
+    >>> s.tolist(), r.tolist(), n.tolist()
+    ([1.5, 3.5], [1.0, 3.0], [2, 2])
+    """
+    std, error = _tensors(std=std, error=error)
+    _check_std(std)
+    n = std.numel()
+    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or not 1 <= bins <= n:
+        raise ValueError(f"bins must be an integer between 1 and {n} (the voxels), got {bins!r}")
+    order = torch.argsort(std.reshape(-1), stable=True)
+    std_sorted = std.reshape(-1)[order].double()
+    error_sorted = error.reshape(-1)[order].double()
+    counts = np.full(bins, n // bins, dtype=np.int64)
+    counts[: n % bins] += 1
+    sizes = counts.tolist()
+    mean_std = torch.stack([g.mean() for g in std_sorted.split(sizes)])
+    rmse = torch.stack([g.square().mean().sqrt() for g in error_sorted.split(sizes)])
+    return mean_std.cpu().numpy(), rmse.cpu().numpy(), counts

@@ -16,7 +16,8 @@ prior (one variance, one length scale):
   convolutions;
 * ``out``: the final 1×1[×1] convolution to ``out_channels`` (no activation, no norm).
 
-Each convolution except ``out`` is followed by GroupNorm (``norm="group"``) and LeakyReLU(0.2).
+Each convolution except ``out`` is followed by GroupNorm (``norm="group"``) and LeakyReLU(0.2),
+and, with ``dropout > 0``, channel dropout (MC dropout).
 There is no BatchNorm and nothing is updated in place, so ``torch.func`` transforms work. Unlike
 the published DIP U-Net there is no GroupNorm on the joined ``up_s`` input (both parts are
 already normalised), no 1-channel dummy branch where a scale has no skip, and no output sigmoid
@@ -40,6 +41,11 @@ __all__ = ["ConvWeight", "Norm", "UNet"]
 MIN_COARSEST = 4  # pixels the coarsest scale must keep along every axis
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 _UPSAMPLE = {2: "bilinear", 3: "trilinear"}
+# Channel dropout (whole feature maps), not element dropout: neighbouring activations of a
+# convolution are strongly correlated, so zeroing single voxels is largely undone by the next
+# 3×3 filter (Tompson et al. 2015), while dropping a channel drops one filter's output — the
+# Bernoulli distribution over filters of Gal & Ghahramani's Bayesian CNN.
+_DROPOUT = {2: nn.Dropout2d, 3: nn.Dropout3d}
 # Defaults per dimension: (scales, channels). Skip channels default to 4 at the two finest
 # scales only. Reasons and measurements are in the UNet docstring.
 _DEFAULTS = {2: (5, 128), 3: (4, 32)}
@@ -99,12 +105,17 @@ def _max_scales(shape: Sequence[int]) -> int:
 
 
 def _conv_layers(
-    dim: int, c_in: int, c_out: int, kernel: int, stride: int, norm: Norm
+    dim: int, c_in: int, c_out: int, kernel: int, stride: int, norm: Norm, dropout: float
 ) -> list[nn.Module]:
     layers = [_CONV[dim](c_in, c_out, kernel, stride=stride, padding=kernel // 2)]
     if norm is Norm.GROUP:
         layers.append(nn.GroupNorm(_num_groups(c_out), c_out))
-    return [*layers, nn.LeakyReLU(0.2)]
+    activation: nn.Module = nn.LeakyReLU(0.2)
+    if dropout > 0:
+        # Dropout shares the activation's slot, so the parameter names (and the weights a
+        # seed draws) are the same for every dropout rate and state dicts load across them.
+        activation = nn.Sequential(activation, _DROPOUT[dim](dropout))
+    return [*layers, activation]
 
 
 class UNet(nn.Module):
@@ -130,6 +141,12 @@ class UNet(nn.Module):
         4 groups for 16+ channels divisible by 4, one group for the 4-channel skip branches.
     in_channels, out_channels:
         Channels of the input and output images.
+    dropout:
+        Probability ``p`` in ``[0, 1)`` of channel dropout (``Dropout2d``/``Dropout3d``) after
+        the activation of every convolution except ``out``, active in training mode (MC
+        dropout, :func:`dip_uq.baselines.mc_dropout`). It adds no parameters: the parameter
+        names and the weights drawn for a seed are the same for every ``p``. ``0`` (the
+        default) adds no module at all.
     seed:
         With an int, the weights are drawn from a local ``torch.Generator`` seeded with it, and
         the global RNG is left untouched; with ``None``, from the global RNG (as any torch
@@ -174,6 +191,7 @@ class UNet(nn.Module):
         in_channels: int = 1,
         out_channels: int = 1,
         seed: int | None = None,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if dim not in _DEFAULTS:
@@ -190,6 +208,9 @@ class UNet(nn.Module):
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        ok = isinstance(dropout, (int, float)) and not isinstance(dropout, bool)
+        if not (ok and 0 <= dropout < 1):
+            raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
         if skip_channels is None:
             skip_channels = [4 if s < 2 else 0 for s in range(scales - 1)]
         self.dim = dim
@@ -201,31 +222,32 @@ class UNet(nn.Module):
         self.norm = norm
         self.in_channels = in_channels
         self.out_channels = out_channels
+        self.dropout = float(dropout)
 
-        c, k = self.channels, self.skip_channels
+        c, k, p = self.channels, self.skip_channels, self.dropout
         # Built on "meta" (no memory, no draws from the global RNG); reset_parameters fills it.
         with torch.device("meta"):
             self.down = nn.ModuleList(
-                [nn.Sequential(*_conv_layers(dim, in_channels, c[0], 3, 1, norm))]
+                [nn.Sequential(*_conv_layers(dim, in_channels, c[0], 3, 1, norm, p))]
                 + [
                     nn.Sequential(
-                        *_conv_layers(dim, c[s - 1], c[s], 3, 2, norm),
-                        *_conv_layers(dim, c[s], c[s], 3, 1, norm),
+                        *_conv_layers(dim, c[s - 1], c[s], 3, 2, norm, p),
+                        *_conv_layers(dim, c[s], c[s], 3, 1, norm, p),
                     )
                     for s in range(1, scales)
                 ]
             )
             self.skip = nn.ModuleDict(
                 {
-                    str(s): nn.Sequential(*_conv_layers(dim, c[s], k[s], 1, 1, norm))
+                    str(s): nn.Sequential(*_conv_layers(dim, c[s], k[s], 1, 1, norm, p))
                     for s in range(scales - 1)
                     if k[s] > 0
                 }
             )
             self.up = nn.ModuleList(
                 nn.Sequential(
-                    *_conv_layers(dim, c[s + 1] + k[s], c[s], 3, 1, norm),
-                    *_conv_layers(dim, c[s], c[s], 3, 1, norm),
+                    *_conv_layers(dim, c[s + 1] + k[s], c[s], 3, 1, norm, p),
+                    *_conv_layers(dim, c[s], c[s], 3, 1, norm, p),
                 )
                 for s in range(scales - 1)
             )
@@ -317,4 +339,5 @@ class UNet(nn.Module):
             f"dim={self.dim}, scales={self.scales}, channels={self.channels}, "
             f"skip_channels={self.skip_channels}, norm={self.norm.value!r}, "
             f"in_channels={self.in_channels}, out_channels={self.out_channels}"
+            + (f", dropout={self.dropout}" if self.dropout else "")
         )

@@ -274,3 +274,30 @@ def test_pretrain_returns_a_network_dip_starts_from():
     before = {k: v.clone() for k, v in net.state_dict().items()}
     rec.fit(y)
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # not modified
+
+
+# ------------------------------------------------------------------------------------------
+# the after_step hook (used by dip_uq.baselines.sgld)
+# ------------------------------------------------------------------------------------------
+def test_after_step_hook_runs_after_every_step_and_can_change_the_weights():
+    A, _, y, _ = parallel_scan(16, 8)
+    plain, reference = _fit(A, y, iterations=4)
+    calls = []
+
+    def record(dip, iteration):
+        calls.append((iteration, len(dip.history["loss"])))
+
+    _, out = _fit(A, y, iterations=4, after_step=record)
+    assert calls == [(0, 1), (1, 2), (2, 3), (3, 4)]  # after the loss of each step
+    assert torch.equal(out, reference)  # a hook that changes nothing changes nothing
+
+    def shrink(dip, iteration):
+        with torch.no_grad():
+            dip.network.out.weight.mul_(0.5)
+
+    rec, _ = _fit(A, y, iterations=4, after_step=shrink)
+    assert rec.history["loss"][0] == plain.history["loss"][0]  # before the first step
+    losses = zip(rec.history["loss"][1:], plain.history["loss"][1:], strict=True)
+    assert all(a != b for a, b in losses)
+    with pytest.raises(ValueError, match="after_step must be callable or None, got 3"):
+        DIP(A, after_step=3)
