@@ -19,27 +19,50 @@ optimised together; see :mod:`dip_uq.laplace.solvers` for the methods.
 **Hyperparameters (sample-based EM, MacKay updates).** E-step: the linear model's mode
 ``û`` solves ``(I + MᵀM/σ_y²) û = Mᵀ r / σ_y²`` with ``r = y - A f(θ*) + A J θ*``; posterior
 samples ``u_k`` as above. M-step, per block ``b`` with ``n_b`` weights: the effective dimension
-``γ_b = n_b - mean_k ||u_{k,b}||²`` (``= n_b - E[ζ_bᵀ Σ_b⁻¹ ζ_b]`` in weight space), then::
+``γ_b = n_b - E||u_{k,b}||²`` (``= n_b - E[ζ_bᵀ Σ_b⁻¹ ζ_b]`` in weight space), estimated as
+``mean_k (||u₀_{k,b}||² - ||u_{k,b}||²)`` with each sample's own base noise ``u₀`` as control
+variate (same mean, since ``E||u₀_b||² = n_b``; without it the estimate carries the noise of
+``n_b`` prior directions, ``±sqrt(2 n_b / K)`` for K samples, which swamps a small ``γ_b``), then::
 
     σ_b² ← θ̂_bᵀ K_b⁻¹ θ̂_b / γ_b = σ_b² ||û_b||² / γ_b,
     σ_y² ← ||y - A h(θ̂)||² / (m - Σ_b γ_b).
 
+(The function-space estimate ``Σ_b γ_b = E||M u||²/σ_y²`` was tried for the noise update and
+dropped: with samples that CG has not fully converged it came out near ``m`` and threw
+``σ_y²`` up by five orders of magnitude.)
+
 Length scales stay fixed at the value given (default 1 tap): they shape the prior within
 a filter, the variances carry its scale, and fitting them would need a second estimator.
 
-Random numbers come from one generator per sample index, seeded by ``(seed, index)``, so a
-sample does not depend on how many others are drawn with it.
+Random numbers come from one generator per sample index, seeded by ``(seed, index)``, and
+the solver stops every sample on its own residual. Samples are solved in batches of
+consecutive global indices, ``[0, batch)``, ``[batch, 2 batch)``, ..., whatever the number
+of processes (:mod:`dip_uq.laplace.distributed`), so with the same ``batch`` one process and
+several give the same samples to round-off. A different ``batch`` changes the samples within
+the solver's tolerance only (float32 products round differently in another batch shape, and
+CG carries that forward: measured 4e-4 relative at ``tolerance=1e-4``, 5e-5 at ``1e-6``).
+
+**Standard deviations.** :meth:`LinearisedLaplace.moments` draws samples in batches of global
+indices and merges per-voxel moments exactly (:class:`Moments`), optionally checkpointing
+every finished batch so that an interrupted run resumes where it stopped. The variance is
+the second moment about the known posterior mean ``mean(ζ²)``, not the centred sample
+variance: the samples are zero-mean by construction, and centring would spend a degree of
+freedom on estimating a mean that is known (the sample mean is kept as a check).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..networks import ConvWeight
+from .distributed import DistContext, all_reduce_moments, shard
 from .linearised import LinearisedNetwork
 from .priors import MaternPrior, matern_half
 from .solvers import Method, SolverConfig, solve
@@ -49,12 +72,72 @@ __all__ = [
     "LinearisedNetwork",
     "MaternPrior",
     "Method",
+    "Moments",
     "SolverConfig",
     "matern_half",
 ]
 
 _SEED_STRIDE = 1_000_003  # mixes (seed, sample index) into one generator seed
 _MIN_GAMMA_FRACTION = 1e-3  # γ_b is kept above this fraction of n_b (sampling noise)
+_CHECKPOINT_RTOL = 1e-6  # hyperparameters a checkpoint must match (EM rerun: round-off only)
+
+
+@dataclass
+class Moments:
+    """Per-voxel moments of zero-mean image samples, accumulated in float64.
+
+    Attributes:
+        count: the number of samples.
+        mean: their sample mean, shape ``(*volume)``; near 0 (the samples are zero-mean), a
+            check of the solver, not the reconstruction.
+        m2: the sum of squared deviations from ``mean``, shape ``(*volume)``.
+        samples: when kept, this process's samples ``(len(indices), *volume)`` (image units,
+            the images' dtype), else ``None``.
+        indices: the global indices of ``samples`` (this process's share).
+    """
+
+    count: int
+    mean: torch.Tensor
+    m2: torch.Tensor
+    samples: torch.Tensor | None = None
+    indices: range = range(0)
+
+    @classmethod
+    def of(cls, samples: torch.Tensor) -> Moments:
+        """The moments of samples ``(n, *volume)``."""
+        x = samples.detach().double()
+        mean = x.mean(0)
+        return cls(x.shape[0], mean, (x - mean).square().sum(0))
+
+    def merge(self, other: Moments) -> Moments:
+        """The moments of both sets of samples (Chan et al.'s pairwise update; exact)."""
+        if other.count == 0 or self.count == 0:
+            return other if self.count == 0 else self
+        n = self.count + other.count
+        delta = other.mean - self.mean
+        mean = self.mean + delta * (other.count / n)
+        m2 = self.m2 + other.m2 + delta.square() * (self.count * other.count / n)
+        return Moments(n, mean, m2)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        """``mean_k ζ_k²`` per voxel: the posterior variance estimate (image units squared),
+        the second moment about the known mean 0 (see the module docstring)."""
+        return self.m2 / self.count + self.mean.square()
+
+    @property
+    def std(self) -> torch.Tensor:
+        """``sqrt(variance)``: the per-voxel posterior standard deviation (image units)."""
+        return self.variance.sqrt()
+
+
+def _same_setting(a: Any, b: Any) -> bool:
+    """Equal, floats to :data:`_CHECKPOINT_RTOL` (also inside dicts)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_setting(a[k], b[k]) for k in a)
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=_CHECKPOINT_RTOL)
+    return a == b
 
 
 class LinearisedLaplace:
@@ -70,7 +153,10 @@ class LinearisedLaplace:
         weights: the convolution weights to linearise over (``UNet.conv_weights()``).
         operator: the ray transform ``A``.
         y: the measured sinogram ``geometry.sino_shape``.
-        noise_variance: initial ``σ_y²``; default the fit's residual ``||A f(θ*) - y||² / m``.
+        noise_variance: initial ``σ_y²``; default, with a fitted DIP, the square of its noise
+            estimate ``rec.noise_sigma`` (from the data's own consistency, see
+            :func:`dip_uq.dip.estimate_noise_sigma`), else the fit's residual
+            ``||A f(θ*) - y||² / m`` (an underestimate where the DIP overfits).
         prior_variance: initial ``σ_b²`` (a number or per block); default, per block,
             ``θ*_bᵀ K_b⁻¹ θ*_b / n_b``, the scale of the fitted weights.
         lengthscale: Matérn-½ length scale ``ℓ_b`` in taps (fixed).
@@ -78,6 +164,9 @@ class LinearisedLaplace:
         solver: :class:`SolverConfig` for samples (and, with CG, for the mode).
         chunk: vectors per batched Jacobian product; by default sized from the network's
             measured activation memory (see :class:`LinearisedNetwork`).
+        group: a :class:`~dip_uq.laplace.distributed.DistContext` to share the samples of
+            :meth:`moments` and :meth:`fit_hyperparameters` among its processes (every rank
+            builds the same object); ``None`` (default) for one process.
     """
 
     def __init__(
@@ -95,9 +184,12 @@ class LinearisedLaplace:
         seed: int = 0,
         solver: SolverConfig | None = None,
         chunk: int | None = None,
+        group: DistContext | None = None,
     ) -> None:
         if rec is not None:
             image_fn, params, weights, operator = self._parts_of(rec)
+            if noise_variance is None and getattr(rec, "noise_sigma", None):
+                noise_variance = float(rec.noise_sigma) ** 2
         if any(v is None for v in (image_fn, params, weights, operator, y)):
             raise ValueError(
                 "LinearisedLaplace needs a fitted DIP, or image_fn, params, weights, operator and y"
@@ -111,6 +203,7 @@ class LinearisedLaplace:
         self.model = LinearisedNetwork(image_fn, params, weights, chunk=chunk)
         self.seed = int(seed)
         self.solver = solver or SolverConfig()
+        self.group = group
         with torch.no_grad():
             self._fit_residual = self.y - self.A(self.model.image_star)
         m = self.y.numel()
@@ -224,21 +317,156 @@ class LinearisedLaplace:
             u, info = solve(self._normal, b, x0=x0, config=config)
             return u, {**info, "state": u}
 
-    def sample(self, n_samples: int, *, method: Method | str | None = None) -> torch.Tensor:
-        """Zero-mean image-space posterior samples ``J ζ_k``, shape ``(n_samples, *volume)``.
+    def sample(
+        self, n_samples: int, *, method: Method | str | None = None, start: int = 0
+    ) -> torch.Tensor:
+        """Zero-mean image-space posterior samples ``J ζ_k``, shape ``(n_samples, *volume)``,
+        with global indices ``start, ..., start + n_samples - 1``.
 
         Add the reconstruction (``mean``) to get samples of the image itself.
         """
-        u, info = self.sample_weights(n_samples, method=method)
+        u, info = self.sample_weights(n_samples, method=method, start=start)
         self.last_solve = info
         with torch.no_grad():
             return self.images(u)
 
-    def std(self, n_samples: int = 32, *, samples: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-voxel posterior standard deviation ``(*volume)`` from zero-mean samples
-        (drawn here unless given), in the units of the image."""
-        samples = self.sample(n_samples) if samples is None else samples
-        return samples.square().mean(0).sqrt()
+    def moments(
+        self,
+        n_samples: int,
+        *,
+        batch: int | None = None,
+        checkpoint: str | os.PathLike | None = None,
+        keep_samples: bool = False,
+        progress: bool = False,
+    ) -> Moments:
+        """Per-voxel moments of ``n_samples`` posterior samples, drawn in batches.
+
+        The samples ``0, ..., n_samples - 1`` are cut into batches ``[0, batch)``,
+        ``[batch, 2 batch)``, ... With :attr:`group`, each rank draws a contiguous share of
+        the batches and the moments are merged across ranks: every rank returns the moments
+        of all samples (only its own in ``samples``). With the same ``batch``, the result
+        agrees with one process's to round-off.
+
+        Args:
+            n_samples: the number of samples (all ranks together).
+            batch: samples solved together (memory grows with it); default an even share
+                per rank, ``ceil(n_samples / world_size)``. Give it explicitly for results
+                that do not depend on the number of ranks (see the module docstring).
+            checkpoint: a directory; every finished batch is saved there atomically
+                (``moments-START-STOP.pt``) and a later call with the same settings loads it
+                instead of solving again, so an interrupted run resumes and ends with the
+                result of an uninterrupted one. Files written under other settings (seed,
+                solver, hyperparameters, shapes) are refused (``ValueError``). Checkpoints
+                do not depend on the number of ranks.
+            keep_samples: also return this rank's samples (kept in the checkpoint files
+                too), e.g. for :func:`dip_uq.metrics.patch_tll`.
+            progress: show a progress bar over this rank's batches.
+        """
+        from tqdm.auto import tqdm
+
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be at least 1, got {n_samples}")
+        mine = self._batches(n_samples, batch)
+        folder = None if checkpoint is None else Path(checkpoint)
+        zeros = self.model.image_star.new_zeros(self.model.image_star.shape, dtype=torch.float64)
+        total = Moments(0, zeros, zeros)
+        kept = []
+        for start, stop in tqdm(mine, desc="posterior samples", disable=not progress):
+            path = None if folder is None else folder / f"moments-{start:07d}-{stop:07d}.pt"
+            saved = None if path is None else self._load_batch(path, keep_samples)
+            if saved is None:
+                samples = self.sample(stop - start, start=start)
+                part = Moments.of(samples)
+                if path is not None:
+                    self._save_batch(path, part, samples if keep_samples else None)
+            else:
+                part, samples = saved
+            total = total.merge(part)
+            if keep_samples:
+                kept.append(samples)
+        count, mean, m2 = total.count, total.mean, total.m2
+        if self.group is not None:
+            count, mean, m2 = all_reduce_moments(count, mean, m2, self.group)
+        own = range(mine[0][0], mine[-1][1]) if mine else range(0)
+        samples = torch.cat(kept) if kept else None
+        return Moments(count, mean, m2, samples, own)
+
+    def _batches(self, n_samples: int, batch: int | None) -> list[tuple[int, int]]:
+        """This rank's batches ``(start, stop)`` of global sample indices (all of them for one
+        process); ``batch`` defaults to ``ceil(n_samples / world_size)``."""
+        rank, world = (0, 1) if self.group is None else (self.group.rank, self.group.world_size)
+        batch = -(-n_samples // world) if batch is None else batch
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, got {batch}")
+        starts = range(0, n_samples, batch)
+        share = shard(len(starts), rank, world)
+        return [(s, min(s + batch, n_samples)) for s in starts[share.start : share.stop]]
+
+    def _checkpoint_settings(self) -> dict[str, Any]:
+        """What the samples of a checkpoint depend on besides their indices."""
+        solver = {k: getattr(v, "value", v) for k, v in vars(self.solver).items()}
+        del solver["progress"]
+        return {
+            "seed": self.seed,
+            "volume": list(self.model.image_star.shape),
+            "sinogram": list(self.y.shape),
+            "n_params": self.model.n_params,
+            "solver": solver,
+            "noise_variance": self.noise_variance,
+            "prior_variances": dict(self.prior.variances),
+        }
+
+    def _load_batch(
+        self, path: Path, need_samples: bool
+    ) -> tuple[Moments, torch.Tensor | None] | None:
+        """A finished batch's moments (and samples) from ``path``; ``None`` to solve it."""
+        if not path.exists():
+            return None
+        saved = torch.load(path, map_location=self.model.image_star.device, weights_only=True)
+        settings, ours = saved["settings"], self._checkpoint_settings()
+        differ = [k for k in ours if not _same_setting(settings.get(k), ours[k])]
+        if differ:
+            raise ValueError(
+                f"checkpoint {path} was written with other {', '.join(differ)}: "
+                f"{ {k: settings.get(k) for k in differ} }, now { {k: ours[k] for k in differ} }; "
+                "use another checkpoint directory or delete it"
+            )
+        if need_samples and saved["samples"] is None:
+            return None
+        return Moments(saved["count"], saved["mean"], saved["m2"]), saved["samples"]
+
+    def _save_batch(self, path: Path, part: Moments, samples: torch.Tensor | None) -> None:
+        """Write a finished batch atomically: a crash leaves the old file or none, never half."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "settings": self._checkpoint_settings(),
+            "count": part.count,
+            "mean": part.mean.cpu(),
+            "m2": part.m2.cpu(),
+            "samples": None if samples is None else samples.cpu(),
+        }
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+
+    def std(
+        self,
+        n_samples: int = 32,
+        *,
+        samples: torch.Tensor | None = None,
+        batch: int | None = None,
+        checkpoint: str | os.PathLike | None = None,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Per-voxel posterior standard deviation ``sqrt(mean_k ζ_k²)``, shape ``(*volume)``,
+        in the units and dtype of the image: from the given zero-mean ``samples``
+        ``(n, *volume)``, or from ``n_samples`` drawn by :meth:`moments` (which see for
+        ``batch``, ``checkpoint`` and the processes of :attr:`group`)."""
+        if samples is None:
+            moments = self.moments(n_samples, batch=batch, checkpoint=checkpoint, progress=progress)
+        else:
+            moments = Moments.of(samples)
+        return moments.std.to(self.model.image_star.dtype)
 
     def predictive_std(self, samples: torch.Tensor) -> torch.Tensor:
         """Std of a new measurement, ``sqrt(Var[A J ζ] + σ_y²)``, shape ``sino_shape``."""
@@ -248,18 +476,42 @@ class LinearisedLaplace:
     # ----------------------------------------------------------------------------------------
     # hyperparameters
     # ----------------------------------------------------------------------------------------
+    def _linear_data(self) -> torch.Tensor:
+        """``r = y - A f(θ*) + A J θ*``: the data the linear model ``A J θ`` is fitted to."""
+        with torch.no_grad():
+            return self._fit_residual + self.A(self.model.jvp(self.model.theta_star[None]))[0]
+
     def mode(self) -> torch.Tensor:
         """The linear model's posterior mode ``û = Mᵀ (M Mᵀ + σ_y² I)⁻¹ r`` (whitened,
         ``(P,)``), ``r = y - A f(θ*) + A J θ*``; warm-started from the previous call."""
-        with torch.no_grad():
-            residual = self._fit_residual + self.A(self.model.jvp(self.model.theta_star[None]))[0]
-        u, self._mode_state, _ = self._solve_dual(residual[None], self._mode_state)
+        u, self._mode_state, _ = self._solve_dual(self._linear_data()[None], self._mode_state)
         return u[0]
 
     def fit_hyperparameters(
-        self, em_steps: int = 10, n_samples: int = 16, *, progress: bool = False
+        self,
+        em_steps: int = 10,
+        n_samples: int = 16,
+        *,
+        batch: int | None = None,
+        fit_noise: bool = False,
+        progress: bool = False,
     ) -> dict[str, list]:
         """Tune ``σ_b²`` per block and ``σ_y²`` by sample-based EM (see the module docstring).
+
+        By default (``fit_noise=False``) ``σ_y²`` keeps its current value (with a DIP, the
+        DIP's noise estimate) and EM tunes the prior only; ``fit_noise=True`` adds the
+        MacKay update of ``σ_y²``. That update needs the linear model's exact mode: with the
+        mode a few hundred CG iterations reach on DIP-sized problems, the residual
+        ``||r - M û||²`` is far too large and ``σ_y²`` swung by three orders of magnitude
+        between steps (32² Shepp-Logan, 2 % noise, 100 iterations; also on the tooth scan),
+        while the DIP's own noise estimate was within 25 % of
+        the truth and the prior-only EM stayed stable.
+
+        Every E-step draws the samples ``0, ..., n_samples - 1`` in batches of ``batch``
+        (default ``ceil(n_samples / world_size)``, as in :meth:`moments`), warm-started from
+        the previous step's. With :attr:`group`, each rank draws its share of the batches,
+        rank 0 alone solves for the mode, and one all-reduce per step sums the statistics, so
+        every rank makes the same M-step and holds the same hyperparameters and history.
 
         Returns :attr:`history`: every hyperparameter, the effective dimensions ``γ_b`` and the
         data residual per step (index 0 is the initial value).
@@ -267,36 +519,80 @@ class LinearisedLaplace:
         from tqdm.auto import tqdm
 
         m = self.y.numel()
-        state = None
+        blocks = self.prior.blocks
+        nb = len(blocks)
+        mine = self._batches(n_samples, batch)
+        states: list[torch.Tensor | None] = [None] * len(mine)  # warm starts, per batch
         for _ in tqdm(range(em_steps), desc="EM", disable=not progress):
-            u_hat = self.mode()
-            samples, info = self.sample_weights(n_samples, x0=state)
-            state = info["state"]
-            sample_norms = self.prior.block_sqnorms(samples)
-            mode_norms = self.prior.block_sqnorms(u_hat[None])
+            # [Σ_k (||u₀_k,b||² - ||u_k,b||²) per block | ||û_b||² per block | ||r - M û||²],
+            # float64; ranks other than 0 leave the mode's entries at 0 for the sum
+            stats = torch.zeros(2 * nb + 1, dtype=torch.float64)
+            for i, (start, stop) in enumerate(mine):
+                samples, info = self.sample_weights(stop - start, start=start, x0=states[i])
+                states[i] = info["state"]
+                norms = self.prior.block_sqnorms(samples.double())
+                # the samples' own base noise u₀ as control variate: E||u₀_b||² = n_b exactly,
+                # and ||u₀_b||² - ||u_b||² varies with the data-informed part of u_b only,
+                # where n_b - ||u_b||² carries the chi-square noise of n_b prior directions
+                base = self.prior.block_sqnorms(self._base_noise(range(start, stop))[0].double())
+                stats[:nb] += torch.stack([(base[b] - norms[b]).sum() for b in blocks]).cpu()
+            if self.group is None or self.group.rank == 0:
+                # the mode is one deterministic solve: the other ranks would only repeat it
+                u_hat = self.mode()
+                norms = self.prior.block_sqnorms(u_hat[None].double())
+                stats[nb : 2 * nb] = torch.stack([norms[b][0] for b in blocks]).cpu()
+                with torch.no_grad():
+                    misfit = self._linear_data() - self._m(u_hat[None])[0]
+                stats[-1] = float(misfit.double().square().sum())
+            if self.group is not None:
+                stats = self.group.all_reduce_sum(stats, "all-reduce of the EM statistics")
             gammas = {}
-            for b in self.prior.blocks:
+            for i, b in enumerate(blocks):
                 n_b = self.prior.block_sizes[b]
-                gamma = n_b - float(sample_norms[b].mean())
+                gamma = float(stats[i]) / n_samples
                 gammas[b] = min(max(gamma, _MIN_GAMMA_FRACTION * n_b), n_b)
-            with torch.no_grad():
-                fit = self._fit_residual + self.A(self.model.jvp(self.model.theta_star[None]))[0]
-                data_residual = float((fit - self._m(u_hat[None])[0]).square().sum())
+            data_residual = float(stats[-1])
             new_variances = {
-                b: self.prior.variances[b] * float(mode_norms[b][0]) / gammas[b]
-                for b in self.prior.blocks
+                b: self.prior.variances[b] * float(stats[nb + i]) / gammas[b]
+                for i, b in enumerate(blocks)
             }
-            self.noise_variance = data_residual / max(m - sum(gammas.values()), 1.0)
+            gamma_total = min(sum(gammas.values()), (1 - _MIN_GAMMA_FRACTION) * m)
+            if fit_noise:
+                self.noise_variance = data_residual / (m - gamma_total)
             if self.solver.method is not Method.CG:
                 # whitened warm starts refer to the old variances
-                state = self._rescale(state, new_variances)
+                states = [self._rescale(state, new_variances) for state in states]
             self.prior.variances = new_variances
             self.history["noise_variance"].append(self.noise_variance)
             self.history.setdefault("data_residual", []).append(data_residual)
-            for b in self.prior.blocks:
+            self.history.setdefault("gamma_total", []).append(gamma_total)
+            for b in blocks:
                 self.history[f"prior_variance/{b}"].append(new_variances[b])
                 self.history.setdefault(f"gamma/{b}", []).append(gammas[b])
         return self.history
+
+    def state_dict(self) -> dict[str, Any]:
+        """The hyperparameters, their :attr:`history` and the mode's warm start: what
+        :meth:`load_state_dict` needs to continue EM exactly where it stopped."""
+        return {
+            "noise_variance": self.noise_variance,
+            "prior_variances": dict(self.prior.variances),
+            "history": {k: list(v) for k, v in self.history.items()},
+            "mode_state": None if self._mode_state is None else self._mode_state.cpu(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved (same network, data and blocks)."""
+        if set(state["prior_variances"]) != set(self.prior.blocks):
+            raise ValueError(
+                f"the saved prior has blocks {sorted(state['prior_variances'])}, this network "
+                f"{sorted(self.prior.blocks)}"
+            )
+        self.noise_variance = float(state["noise_variance"])
+        self.prior.variances = dict(state["prior_variances"])
+        self.history = {k: list(v) for k, v in state["history"].items()}
+        mode = state["mode_state"]
+        self._mode_state = None if mode is None else mode.to(self.y.device)
 
     def _rescale(self, u: torch.Tensor, variances: dict[str, float]) -> torch.Tensor:
         """The whitened coordinates of the same weights under new block variances."""

@@ -86,8 +86,14 @@ def solve(
 ) -> tuple[torch.Tensor, dict]:
     """Solve ``N u = b`` row by row for ``b`` of shape ``(B, P)``, starting at ``x0`` (or ``b``).
 
-    Returns the solution and a dict with ``iterations``, ``residual`` (the relative residual of
-    every row at the end) and ``trace`` (the largest relative residual per iteration).
+    Each row stops on its own once its relative residual is below the tolerance, and ``N`` is
+    then applied to the remaining rows only: a row's result does not depend on the rows solved
+    with it (up to round-off), so a posterior sample is the same in any batch, on any number
+    of processes, and converged rows cost nothing.
+
+    Returns the solution and a dict with ``iterations`` (of the slowest row), ``residual`` (the
+    relative residual of every row at the end) and ``trace`` (the largest relative residual of
+    the rows still running, per iteration).
     """
     config = config or SolverConfig()
     x = (b if x0 is None else x0).clone()
@@ -100,44 +106,81 @@ def solve(
         leave=False,
     )
     if config.method is Method.CG:
-        r = b - normal(x)
-        p = r.clone()
-        rr = (r * r).sum(1)
-        it = 0
-        for it in range(1, config.iterations + 1):
-            res = _residual_norms(r, b_norm)
-            trace.append(float(res.max()))
-            if trace[-1] < config.tolerance:
-                it -= 1
-                break
-            q = normal(p)
-            alpha = rr / (p * q).sum(1).clamp_min(torch.finfo(b.dtype).tiny)
-            x += alpha[:, None] * p
-            r -= alpha[:, None] * q
-            rr_new = (r * r).sum(1)
-            p = r + (rr_new / rr.clamp_min(torch.finfo(b.dtype).tiny))[:, None] * p
-            rr = rr_new
-            bar.update()
-        residual = _residual_norms(b - normal(x), b_norm)
+        it = _cg(normal, b, x, b_norm, config, trace, bar)
     else:
         lam = lam_max if lam_max is not None else largest_eigenvalue(normal, b)
         lr = config.lr if config.lr is not None else 1.0 / (1.1 * lam)  # power iteration is low
-        averaged, n_averaged = torch.zeros_like(x), 0
-        start_avg = int(config.average_from * config.iterations)
-        velocity = torch.zeros_like(x)
-        it = 0
-        for it in range(1, config.iterations + 1):
-            grad = normal(x + config.momentum * velocity) - b  # half the loss gradient
-            velocity = config.momentum * velocity - lr * grad
-            x = x + velocity
-            trace.append(float(_residual_norms(grad, b_norm).max()))
-            if it > start_avg:
-                n_averaged += 1
-                averaged += (x - averaged) / n_averaged
-            bar.update()
-            if trace[-1] < config.tolerance:
-                break
-        x = averaged if n_averaged > 0 else x
-        residual = _residual_norms(b - normal(x), b_norm)
+        x, it = _sgd(normal, b, x, b_norm, config, lr, trace, bar)
+    residual = _residual_norms(b - normal(x), b_norm)
     bar.close()
     return x, {"iterations": it, "residual": residual, "trace": trace}
+
+
+def _cg(
+    normal: Operator,
+    b: torch.Tensor,
+    x: torch.Tensor,
+    b_norm: torch.Tensor,
+    config: SolverConfig,
+    trace: list[float],
+    bar: tqdm,
+) -> int:
+    """Conjugate gradients on the rows of ``x`` (updated in place); returns the iterations."""
+    tiny = torch.finfo(b.dtype).tiny
+    r = b - normal(x)
+    p = r.clone()
+    rr = (r * r).sum(1)
+    active = torch.arange(b.shape[0], device=b.device)
+    it = 0
+    while it < config.iterations:
+        res = _residual_norms(r[active], b_norm[active])
+        trace.append(float(res.max()))
+        active = active[res >= config.tolerance]
+        if active.numel() == 0:
+            break
+        pa, rr_a = p[active], rr[active]
+        q = normal(pa)
+        alpha = rr_a / (pa * q).sum(1).clamp_min(tiny)
+        x[active] += alpha[:, None] * pa
+        ra = r[active] - alpha[:, None] * q
+        rr_new = (ra * ra).sum(1)
+        p[active] = ra + (rr_new / rr_a.clamp_min(tiny))[:, None] * pa
+        r[active], rr[active] = ra, rr_new
+        it += 1
+        bar.update()
+    return it
+
+
+def _sgd(
+    normal: Operator,
+    b: torch.Tensor,
+    x: torch.Tensor,
+    b_norm: torch.Tensor,
+    config: SolverConfig,
+    lr: float,
+    trace: list[float],
+    bar: tqdm,
+) -> tuple[torch.Tensor, int]:
+    """Nesterov gradient descent with iterate averaging; returns the solution and iterations."""
+    velocity = torch.zeros_like(x)
+    averaged = torch.zeros_like(x)
+    n_averaged = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    start_avg = int(config.average_from * config.iterations)
+    active = torch.arange(b.shape[0], device=b.device)
+    it = 0
+    for it in range(1, config.iterations + 1):
+        xa, va = x[active], velocity[active]
+        grad = normal(xa + config.momentum * va) - b[active]  # half the loss gradient
+        va = config.momentum * va - lr * grad
+        xa = xa + va
+        x[active], velocity[active] = xa, va
+        res = _residual_norms(grad, b_norm[active])
+        trace.append(float(res.max()))
+        if it > start_avg:
+            n_averaged[active] += 1
+            averaged[active] += (xa - averaged[active]) / n_averaged[active, None]
+        bar.update()
+        active = active[res >= config.tolerance]
+        if active.numel() == 0:
+            break
+    return torch.where(n_averaged[:, None] > 0, averaged, x), it
