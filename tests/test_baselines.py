@@ -13,15 +13,6 @@ from dip_uq.baselines import UQResult, mc_dropout, sgld
 N = 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: these tiny problems are fastest so on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def scan():
     """16² Shepp-Logan, 12 parallel-beam angles, 5 % noise."""

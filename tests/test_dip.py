@@ -23,16 +23,6 @@ from dip_uq.metrics import psnr
 FILTERS = ("ram-lak", "shepp-logan", "cosine", "hann", "hamming")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Run these small problems on one thread: on a shared 2-core machine two OpenMP threads
-    made a 64² DIP step 20x slower (0.33 s instead of 0.015 s), and one is as fast alone."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def parallel_scan(n: int, n_angles: int, noise: float = 0.02, span: float = np.pi, seed: int = 0):
     """Shepp-Logan on an ``n x n`` grid of unit voxels, parallel beam, detector of ``n`` pixels."""
     A = du.RayTransform(

@@ -8,16 +8,6 @@ from torch.func import functional_call, jvp, vjp, vmap
 from dip_uq.networks import Norm, UNet
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: on the shared 2-core machine two OpenMP threads made the forward pass of
-    these tiny U-Nets 100x slower (2 s instead of 0.02 s), and one is as fast alone."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _tiny(dim: int, norm: str = "group", seed: int = 0) -> UNet:
     return UNet(dim, scales=3, channels=(4, 8, 8), skip_channels=2, norm=norm, seed=seed)
 

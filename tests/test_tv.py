@@ -14,16 +14,6 @@ from dip_uq.metrics import psnr, ssim
 from dip_uq.tv import divergence, gradient, operator_norm, tv, tv_reconstruct
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread for these small problems (see tests/test_dip.py: two OpenMP threads on a
-    shared 2-core machine can be many times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_tv_hand_values_2d_and_3d():
     image = torch.tensor([[0.0, 1.0, 1.0], [0.0, 3.0, 1.0]])
     # x-differences |1| + |0| + |3| + |-2|, y-differences |0| + |2| + |0|
