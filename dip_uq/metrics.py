@@ -4,7 +4,8 @@ Images are 2D ``(Y, X)`` or 3D ``(Z, Y, X)`` tensors. The calibration metrics (:
 :func:`calibration_curve`, :func:`spearman`, :func:`reliability`) pool all voxels, so any
 shape works (a masked selection ``x[mask]`` too); arrays must agree in shape. ``mean``,
 ``std``, ``truth`` and ``error`` are in the units of the image (attenuation per unit length);
-coverages and levels are fractions in ``[0, 1]``.
+coverages and levels are fractions in ``[0, 1]``. :func:`summary` computes every metric of
+one reconstruction at once (the evaluation suite and the pipeline report it).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ __all__ = [
     "reliability",
     "spearman",
     "ssim",
+    "summary",
 ]
 
 # Nominal levels of calibration_curve: 0.05, 0.10, ..., 0.95 and 0.99 (the tail matters).
@@ -381,3 +383,104 @@ def reliability(
     mean_std = torch.stack([g.mean() for g in std_sorted.split(sizes)])
     rmse = torch.stack([g.square().mean().sqrt() for g in error_sorted.split(sizes)])
     return mean_std.cpu().numpy(), rmse.cpu().numpy(), counts
+
+
+# --------------------------------------------------------------------------------------------
+# every metric of one reconstruction
+# --------------------------------------------------------------------------------------------
+def _gaussian_tll(error: torch.Tensor, std: torch.Tensor) -> float:
+    """Mean per-voxel Gaussian log-likelihood (nats) of ``error = mean - truth`` under
+    ``N(0, std²)``; a zero variance is raised to the smallest positive float64."""
+    var = std.double().square().clamp_min(torch.finfo(torch.float64).tiny)
+    return float((-0.5 * (error.double().square() / var + torch.log(2 * math.pi * var))).mean())
+
+
+def summary(
+    mean: torch.Tensor | np.ndarray,
+    truth: torch.Tensor | np.ndarray,
+    std: torch.Tensor | np.ndarray | None = None,
+    deviations: torch.Tensor | np.ndarray | None = None,
+    *,
+    levels: Iterable[float] = (0.5, 0.9, 0.95),
+    tll_patch: int = 2,
+) -> dict[str, float]:
+    """Every metric of a reconstruction ``mean`` (and its ``std``) against the ``truth``.
+
+    The keys, always all present and in this order (NaN where a metric does not apply)::
+
+        psnr            :func:`psnr` of mean against truth (dB; range from the truth)
+        ssim            :func:`ssim`; NaN unless 2D/3D with every axis >= 11 voxels
+        coverage_<l>    :func:`coverage` at each level l, named with ``f"{l:g}"``
+                        (``coverage_0.5``, ``coverage_0.9``, ``coverage_0.95``)
+        tll_1           per-voxel Gaussian test log-likelihood (nats per voxel): from the
+                        deviations, :func:`patch_tll` with patch 1 (variance mean(dev²));
+                        without them, from std: mean[-(e²/std² + log(2π std²)) / 2],
+                        e = mean - truth
+        tll_patch       :func:`patch_tll` with side ``min(tll_patch, shortest side)``;
+                        NaN without deviations
+        spearman        :func:`spearman` of std against |mean - truth|
+        mean_std        mean of std over the voxels
+        rmse            sqrt(mean((mean - truth)²)), always given
+
+    Without ``std`` every uncertainty metric (coverages to ``mean_std``) is NaN.
+
+    Args:
+        mean: the reconstruction, ``(Y, X)`` or ``(Z, Y, X)`` (tensor or array, any device;
+            computed on the CPU).
+        truth: the ground truth, same shape.
+        std: per-voxel posterior std, same shape, ``>= 0``; ``None`` for a reconstruction
+            without uncertainty.
+        deviations: zero-mean posterior samples ``(n, *mean.shape)`` (samples minus
+            ``mean``) for the TLLs; needs ``std`` too.
+        levels: nominal coverage levels, each in (0, 1).
+        tll_patch: the larger TLL patch side (>= 1), capped at the shortest image side.
+
+    Returns:
+        ``{name: value}`` as above, plain floats.
+
+    >>> row = summary(torch.zeros(2, 2), torch.tensor([[0.0, 1.0], [0.0, 1.0]]))
+    >>> round(row["psnr"], 2), row["rmse"], math.isnan(row["ssim"]), math.isnan(row["tll_1"])
+    (3.01, 0.7071067811865476, True, True)
+    """
+    values = _levels(levels)
+    if isinstance(tll_patch, bool) or not isinstance(tll_patch, (int, np.integer)) or tll_patch < 1:
+        raise ValueError(f"tll_patch must be an integer >= 1, got {tll_patch!r}")
+    if deviations is not None and std is None:
+        raise ValueError(
+            "deviations were given without std; pass the std too, e.g. "
+            "std = deviations.square().mean(0).sqrt()"
+        )
+    arrays = {"mean": mean, "truth": truth}
+    if std is not None:
+        arrays["std"] = std
+    tensors = [t.cpu() for t in _tensors(**arrays)]
+    mean, truth = tensors[0], tensors[1]
+    error = mean - truth
+    fits = mean.ndim in (2, 3) and min(mean.shape) >= 2 * _SSIM_RADIUS + 1
+    row = {"psnr": psnr(mean, truth), "ssim": ssim(mean, truth) if fits else math.nan}
+    row.update(dict.fromkeys([f"coverage_{level:g}" for level in values], math.nan))
+    row.update(dict.fromkeys(["tll_1", "tll_patch", "spearman", "mean_std"], math.nan))
+    row["rmse"] = float(error.double().square().mean().sqrt())
+    if std is None:
+        return row
+    std = tensors[2]
+    _check_std(std)
+    for level, value in zip(values, _coverages(mean, std, truth, values), strict=True):
+        row[f"coverage_{level:g}"] = value
+    if deviations is None:
+        row["tll_1"] = _gaussian_tll(error, std)
+    else:
+        if not isinstance(deviations, (torch.Tensor, np.ndarray)):
+            raise ValueError(f"deviations must be a torch.Tensor, got {type(deviations).__name__}")
+        dev = torch.as_tensor(deviations).detach().cpu()
+        if dev.ndim != mean.ndim + 1 or tuple(dev.shape[1:]) != tuple(mean.shape):
+            raise ValueError(
+                f"deviations have shape {tuple(dev.shape)}, expected (n, "
+                f"{', '.join(map(str, mean.shape))}) like mean"
+            )
+        dev = dev.to(mean.dtype)
+        row["tll_1"] = patch_tll(mean, dev, truth, 1)
+        row["tll_patch"] = patch_tll(mean, dev, truth, min(int(tll_patch), *mean.shape))
+    row["spearman"] = spearman(std, error.abs())
+    row["mean_std"] = float(std.double().mean())
+    return row

@@ -1,5 +1,6 @@
 """Tests of the calibration metrics of dip_uq.metrics (coverage, calibration curve, Spearman,
-reliability, patch_tll in 3D) against hand-computed values, and of the plots in dip_uq.plots."""
+reliability, patch_tll in 3D, summary) against hand-computed values, and of the plots in
+dip_uq.plots."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from dip_uq.metrics import (
     patch_tll,
     reliability,
     spearman,
+    ssim,
+    summary,
 )
 from dip_uq.plots import calibration_plot, reliability_plot
 
@@ -165,6 +168,86 @@ def test_patch_tll_3d_against_dense_gaussians():
             ValueError, match=f"patch must be an integer between 1 and .* 4, got {patch}"
         ):
             patch_tll(mean, samples, truth, patch=patch)
+
+
+# ------------------------------------------------------------------------------------------
+# summary: every metric at once
+# ------------------------------------------------------------------------------------------
+# errors mean - truth of 0.5, -0.5, 1, 0 (mse 0.375, truth range 3) and stds 0.5, 1, 2, 0.25
+SUMMARY_TRUTH = torch.tensor([[0.0, 1.0], [2.0, 3.0]])
+SUMMARY_MEAN = SUMMARY_TRUTH + torch.tensor([[0.5, -0.5], [1.0, 0.0]])
+SUMMARY_STD = torch.tensor([[0.5, 1.0], [2.0, 0.25]])
+# per voxel e²/s² = 1, 0.25, 0.25, 0 and s² = 1/4, 1, 4, 1/16 (product 1/16)
+SUMMARY_TLL = -0.5 * (1.5 / 4 + math.log(2 * math.pi) - math.log(16) / 4)
+
+
+def test_summary_hand_computed():
+    row = summary(SUMMARY_MEAN, SUMMARY_TRUTH, SUMMARY_STD)
+    assert list(row) == [
+        "psnr",
+        "ssim",
+        "coverage_0.5",
+        "coverage_0.9",
+        "coverage_0.95",
+        "tll_1",
+        "tll_patch",
+        "spearman",
+        "mean_std",
+        "rmse",
+    ]
+    assert row["psnr"] == pytest.approx(10 * math.log10(9 / 0.375))
+    assert math.isnan(row["ssim"])  # 2 x 2: no 11-tap window fits
+    # |e| <= z std: 0.5 > 0.674 · 0.5 is the one voxel outside the 50 % interval
+    assert row["coverage_0.5"] == 0.75 and row["coverage_0.9"] == row["coverage_0.95"] == 1.0
+    assert row["tll_1"] == pytest.approx(SUMMARY_TLL)
+    assert math.isnan(row["tll_patch"])  # needs samples
+    # ranks of std 2, 3, 4, 1 and of |e| 2.5, 2.5, 4, 1: ρ = 4.5 / sqrt(5 · 4.5)
+    assert row["spearman"] == pytest.approx(math.sqrt(0.9))
+    assert row["mean_std"] == pytest.approx(3.75 / 4)
+    assert row["rmse"] == pytest.approx(math.sqrt(0.375))
+    assert all(isinstance(v, float) for v in row.values())
+    # numpy arrays and other levels
+    arrays = summary(SUMMARY_MEAN.numpy(), SUMMARY_TRUTH.numpy(), SUMMARY_STD.numpy(), levels=[0.8])
+    assert [k for k in arrays if k.startswith("coverage")] == ["coverage_0.8"]
+    assert arrays["tll_1"] == pytest.approx(SUMMARY_TLL)
+
+
+def test_summary_from_samples():
+    """Samples ±2 s_i e_i (8 of them) have the diagonal covariance diag(s²): the per-voxel
+    and the 2 x 2 patch TLL both equal the Gaussian TLL of the std (up to the jitter)."""
+    plus = 2 * torch.diag(SUMMARY_STD.reshape(-1)).reshape(4, 2, 2)
+    deviations = torch.cat([plus, -plus])
+    row = summary(SUMMARY_MEAN, SUMMARY_TRUTH, SUMMARY_STD, deviations, tll_patch=5)
+    assert row["tll_1"] == pytest.approx(SUMMARY_TLL, rel=1e-5)
+    assert row["tll_patch"] == pytest.approx(SUMMARY_TLL, rel=1e-5)  # patch capped at 2
+    assert row["coverage_0.5"] == 0.75 and row["rmse"] == pytest.approx(math.sqrt(0.375))
+
+
+def test_summary_without_std_and_with_ssim():
+    truth = torch.zeros(4, 16, 16)
+    truth[:, 4:12, 4:12] = 1.0
+    row = summary(truth + 0.1, truth)
+    assert row["psnr"] == pytest.approx(20.0) and row["rmse"] == pytest.approx(0.1)
+    assert math.isnan(row["ssim"])  # the first axis has 4 < 11 voxels
+    uncertainty = ["coverage_0.5", "coverage_0.9", "coverage_0.95", "tll_1", "tll_patch"]
+    assert all(math.isnan(row[k]) for k in [*uncertainty, "spearman", "mean_std"])
+    mean = truth[0] + 0.1 * torch.randn(16, 16, generator=torch.Generator().manual_seed(0))
+    assert summary(mean, truth[0])["ssim"] == ssim(mean, truth[0])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"deviations": torch.zeros(2, 2, 2)}, "deviations were given without std"),
+        ({"std": SUMMARY_STD, "deviations": torch.zeros(2, 4)}, r"expected \(n, 2, 2\)"),
+        ({"std": -SUMMARY_STD}, "std must be non-negative"),
+        ({"tll_patch": 0}, "tll_patch must be an integer >= 1, got 0"),
+        ({"levels": [1.5]}, "strictly between 0 and 1"),
+    ],
+)
+def test_summary_rejects_bad_input(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        summary(SUMMARY_MEAN, SUMMARY_TRUTH, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------
