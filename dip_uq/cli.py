@@ -7,11 +7,15 @@ program with one line on stderr and exit status 2; ``--debug`` shows the traceba
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import platform
+import shutil
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,79 +57,203 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _prepare_output(out: Path, names: list[str], overwrite: bool) -> None:
+def _prepare_output(out: Path, names: list[str], overwrite: bool, resume: bool = False) -> None:
+    """Refuse to replace results (and, unless resuming, checkpoints) without ``--overwrite``."""
+    from .pipeline import CHECKPOINTS
+
     existing = [n for n in names if (out / n).exists()]
     if existing and not overwrite:
         raise UserError(
             f"{out} already holds {', '.join(existing)}; pass --overwrite to replace them "
             "or choose another --out"
         )
+    checkpoints = [n for n in CHECKPOINTS if (out / n).exists()]
+    if checkpoints and overwrite and not resume:
+        for name in checkpoints:
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    elif checkpoints and not resume:
+        raise UserError(
+            f"{out} holds checkpoints of an unfinished run ({', '.join(checkpoints)}); pass "
+            "--resume to continue it or --overwrite to start again"
+        )
     out.mkdir(parents=True, exist_ok=True)
 
 
-def demo(args: argparse.Namespace) -> None:
-    """Simulate a sparse-view scan of a built-in phantom and reconstruct it."""
-    from . import ConeBeam, ParallelBeam, RayTransform, Volume, phantoms, simulate
-    from .metrics import psnr
-    from .outputs import save_report, write_h5, write_json
+OUTPUTS = ["reconstruction.h5", "mean.tif", "std.tif", "report.png", "run.json"]
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from .pipeline import Settings
+
+    return Settings(
+        method=args.method,
+        uq=args.uq,
+        iterations=args.iterations,
+        channels=args.channels,
+        scales=args.scales,
+        samples=args.samples,
+        em_steps=args.em_steps,
+        cg_iterations=args.cg_iterations,
+        batch=args.batch,
+        fit_noise=args.fit_noise,
+        seed=args.seed,
+    )
+
+
+def _run_and_write(scan: Any, volume: Any, args: argparse.Namespace, title: str) -> Any:
+    """Run the pipeline on ``scan`` and write every output of ``OUTPUTS`` into ``args.out``.
+
+    Under ``torchrun`` every rank runs this; rank 0 alone writes and returns the result, the
+    others return None.
+    """
+    from .laplace.distributed import init_from_env
+    from .outputs import save_report, write_h5, write_json, write_tiff
+    from .pipeline import run
 
     started = time.perf_counter()
     device = _device(args.device)
     out = Path(args.out)
-    _prepare_output(out, ["reconstruction.h5", "report.png", "run.json"], args.overwrite)
-    size = args.size or (128 if args.dim == 2 else 48)
-    angles = np.linspace(0, np.pi if args.dim == 2 else 2 * np.pi, args.angles, endpoint=False)
-    if args.dim == 2:
-        volume = Volume((size, size), voxel_size=1.0)
-        geometry = ParallelBeam(angles, det_shape=(int(1.5 * size),))
-    else:
-        volume = Volume((size,) * 3, voxel_size=1.0)
-        geometry = ConeBeam(angles, (size, int(1.5 * size)), 1.5, 4.0 * size, 2.0 * size)
-    A = RayTransform(volume, geometry, backend=args.backend)
-    truth = phantoms.shepp_logan(volume.shape, device=device) * 0.02  # attenuation per voxel
-    y = simulate(A, truth, noise=args.noise, seed=args.seed)
-    timings = {"simulate_s": time.perf_counter() - started}
-
-    start = time.perf_counter()
-    reconstruction = A.fbp(y, filter="hann")
-    timings["fbp_s"] = time.perf_counter() - start
-    scores = {"psnr_fbp_db": psnr(reconstruction, truth)}
-
-    to_np = lambda t: t.detach().cpu().numpy().astype(np.float32)  # noqa: E731
-    params = {
-        "dim": args.dim,
-        "size": size,
-        "angles": args.angles,
-        "noise": args.noise,
-        "seed": args.seed,
-        "backend": A.backend,
-        "device": str(device),
-    }
+    group = init_from_env()  # a process group under torchrun, else None
+    main = group is None or group.is_main
+    if main:
+        _prepare_output(out, OUTPUTS, args.overwrite, args.resume)
+    if group is not None:
+        group.barrier()  # rank 0 has checked (and, with --overwrite, cleared) the folder
+        device = group.device
+    settings = _settings(args)
+    result = run(
+        scan,
+        settings,
+        volume=volume,
+        backend=args.backend,
+        device=device,
+        work_dir=out,
+        resume=args.resume or not main,  # rank 0 alone judges the checkpoints
+        progress=not args.quiet,
+        group=group,
+    )
+    if group is not None:
+        group.close()
+        if not main:  # every rank holds the result; rank 0 writes it
+            return None
+    datasets = {"mean": result.mean, "fbp": result.fbp}
+    images = {} if result.truth is None else {"truth": result.truth}
+    images[f"FBP ({settings.fbp_filter})"] = result.fbp
+    if settings.method == "dip":
+        images["DIP mean"] = result.mean
+    if result.std is not None:
+        datasets["std"] = result.std
+        images["std"] = result.std
+    if result.truth is not None:
+        datasets["truth"] = result.truth
+        images["|error| " + ("DIP" if settings.method == "dip" else "FBP")] = np.abs(
+            result.mean - result.truth
+        )
+    params = {k: v for k, v in vars(args).items() if k != "run"}
     write_h5(
         out / "reconstruction.h5",
-        {"fbp": to_np(reconstruction), "truth": to_np(truth), "sinogram": to_np(y)},
-        {"volume": volume.to_dict(), "geometry": geometry.to_dict(), "parameters": params},
+        datasets,
+        {
+            "volume": volume.to_dict(),
+            "geometry": scan.geometry.to_dict(),
+            "parameters": params,
+            "settings": asdict(settings),
+            "notes": scan.notes,
+        },
     )
-    error = np.abs(to_np(reconstruction) - to_np(truth))
+    write_tiff(out / "mean.tif", result.mean)
+    if result.std is not None:
+        write_tiff(out / "std.tif", result.std)
+    headline = ", ".join(f"{k} {v:.3g}" for k, v in result.scores.items())
+    calibration = None
+    if result.std is not None and result.truth is not None:
+        calibration = {"mean": result.mean, "std": result.std, "truth": result.truth}
     save_report(
         out / "report.png",
-        {"truth": to_np(truth), "FBP (Hann)": to_np(reconstruction), "|error| FBP": error},
-        title=f"dip-uq demo: {args.dim}D Shepp-Logan, {args.angles} angles, "
-        f"{100 * args.noise:g}% noise — FBP PSNR {scores['psnr_fbp_db']:.2f} dB",
+        images,
+        title=title + (f"\n{headline}" if headline else ""),
+        curves=result.curves,
+        calibration=calibration,
     )
-    timings["total_s"] = time.perf_counter() - started
+    result.timings["total_s"] = time.perf_counter() - started
     write_json(
         out / "run.json",
         {
             "command": sys.argv,
             "versions": _versions(),
+            "device": str(device),
+            "threads": torch.get_num_threads(),
+            "processes": 1 if group is None else group.world_size,
             "parameters": params,
-            "scores": scores,
-            "timings": timings,
+            "settings": asdict(settings),
+            "seeds": {"network_and_samples": settings.seed},
+            "timings": result.timings,
+            "scores": result.scores,
+            "hyperparameters": result.hyperparameters,
+            "notes": scan.notes,
         },
     )
-    print(f"wrote {out / 'reconstruction.h5'}, {out / 'report.png'}, {out / 'run.json'}")
-    print(f"FBP PSNR {scores['psnr_fbp_db']:.2f} dB ({timings['total_s']:.1f} s on {device})")
+    return result
+
+
+def _print_summary(out: Path, result: Any, device: str) -> None:
+    print(f"wrote {', '.join(str(out / n) for n in OUTPUTS if (out / n).exists())}")
+    s = result.scores
+    parts = [f"FBP PSNR {s['psnr_fbp_db']:.2f} dB"] if "psnr_fbp_db" in s else []
+    if "psnr_dip_db" in s:
+        parts.append(f"DIP PSNR {s['psnr_dip_db']:.2f} dB")
+    if "coverage_90" in s:
+        parts.append(f"90% interval covers {100 * s['coverage_90']:.1f}% of voxels")
+    parts.append(f"{result.timings['total_s']:.1f} s on {device}")
+    print(", ".join(parts))
+
+
+def _simulated(args: argparse.Namespace, **overrides: Any) -> Any:
+    from .simulate import simulate_scan
+
+    options = {
+        "phantom": args.phantom,
+        "dim": args.dim,
+        "size": args.size,
+        "geometry": args.geometry,
+        "angles": args.angles,
+        "arc": args.arc,
+        "noise": args.noise,
+        "seed": args.seed,
+    }
+    return simulate_scan(**{**options, **overrides})
+
+
+def demo(args: argparse.Namespace) -> None:
+    """Simulate a sparse-view scan of a built-in phantom and run the whole pipeline on it."""
+    dim = args.dim
+    _device(args.device)  # a missing GPU is reported before any work
+    for name, value in DEMO_DEFAULTS[dim].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    scan = _simulated(args)
+    title = (
+        f"dip-uq demo: {dim}D {args.phantom}, {args.geometry} beam, {args.angles} angles, "
+        f"{100 * args.noise:g}% noise"
+    )
+    result = _run_and_write(scan, scan.volume, args, title)
+    if result is not None:
+        _print_summary(Path(args.out), result, str(_device(args.device)))
+
+
+def simulate(args: argparse.Namespace) -> None:
+    """Write a simulated scan (NXtomo, with the ground truth) that ``reconstruct`` reads."""
+    from .io import write_nxtomo
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise UserError(f"{out} exists; pass --overwrite to replace it or choose another --out")
+    if args.geometry is None:
+        args.geometry = "parallel" if args.dim == 2 else "cone"
+    scan = _simulated(args)
+    write_nxtomo(out, scan)
+    print(f"wrote {out}: {scan.notes[0]}; sinogram {scan.sinogram.shape}")
 
 
 def info(args: argparse.Namespace) -> None:
@@ -150,15 +278,8 @@ def _slice(text: str | None) -> tuple[int, int] | int | None:
 
 def reconstruct(args: argparse.Namespace) -> None:
     """Reconstruct a scan file (FBP or DIP) and, for DIP, its per-voxel uncertainty."""
-    from . import DIP, LinearisedLaplace, RayTransform, io
-    from .laplace import SolverConfig
-    from .outputs import save_report, write_h5, write_json, write_tiff
+    from . import io
 
-    started = time.perf_counter()
-    device = _device(args.device)
-    out = Path(args.out)
-    names = ["reconstruction.h5", "mean.tif", "std.tif", "report.png", "run.json"]
-    _prepare_output(out, names, args.overwrite)
     center = args.center_offset
     center = None if center is None else center if center == "auto" else float(center)
     scan = io.read_scan(args.scan, geometry=args.geometry, format=args.format)
@@ -170,84 +291,14 @@ def reconstruct(args: argparse.Namespace) -> None:
         binning=args.bin,
         angle_step=args.angle_step,
     )
-    volume = scan.volume or io.default_volume(scan, size=args.size, voxel_size=args.voxel_size)
-    A = RayTransform(volume, scan.geometry, backend=args.backend)
-    y = torch.as_tensor(scan.sinogram, device=device)
-    timings = {"read_s": time.perf_counter() - started}
-
-    start = time.perf_counter()
-    fbp = A.fbp(y, filter="hann")
-    timings["fbp_s"] = time.perf_counter() - start
-    mean, std, curves, hyper = fbp, None, {}, {}
-    if args.method == "dip":
-        start = time.perf_counter()
-        rec = DIP(
-            A,
-            iterations=args.iterations,
-            seed=args.seed,
-            device=device,
-            checkpoint=out / "dip-checkpoint.pt",
-            progress=not args.quiet,
-        )
-        mean = rec.fit(y)
-        timings["dip_s"] = time.perf_counter() - start
-        curves["DIP loss"] = np.asarray(rec.history["loss"])
-        if args.uq == "laplace":
-            start = time.perf_counter()
-            lap = LinearisedLaplace(
-                rec, y=y, seed=args.seed, solver=SolverConfig(iterations=args.cg_iterations)
-            )
-            history = lap.fit_hyperparameters(
-                args.em_steps, n_samples=args.samples, progress=not args.quiet
-            )
-            std = lap.std(args.samples)
-            timings["uncertainty_s"] = time.perf_counter() - start
-            curves["EM noise variance"] = np.asarray(history["noise_variance"])
-            hyper = {"noise_variance": lap.noise_variance, "prior_variances": lap.prior.variances}
-
-    to_np = lambda t: t.detach().cpu().numpy().astype(np.float32)  # noqa: E731
-    datasets = {"mean": to_np(mean), "fbp": to_np(fbp)}
-    images = {"FBP (Hann)": datasets["fbp"]}
-    if args.method == "dip":
-        images["DIP mean"] = datasets["mean"]
-    if std is not None:
-        datasets["std"] = to_np(std)
-        images["std"] = datasets["std"]
-    params = {k: v for k, v in vars(args).items() if k not in ("run",)}
-    write_h5(
-        out / "reconstruction.h5",
-        datasets,
-        {
-            "volume": volume.to_dict(),
-            "geometry": scan.geometry.to_dict(),
-            "parameters": params,
-            "notes": scan.notes,
-        },
-    )
-    write_tiff(out / "mean.tif", datasets["mean"])
-    if std is not None:
-        write_tiff(out / "std.tif", datasets["std"])
-    save_report(
-        out / "report.png",
-        images,
-        title=f"dip-uq reconstruct {Path(args.scan).name}",
-        curves=curves,
-    )
-    timings["total_s"] = time.perf_counter() - started
-    write_json(
-        out / "run.json",
-        {
-            "command": sys.argv,
-            "versions": _versions(),
-            "device": str(device),
-            "backend": A.backend,
-            "parameters": params,
-            "timings": timings,
-            "hyperparameters": hyper,
-            "notes": scan.notes,
-        },
-    )
-    print(f"wrote {out} ({timings['total_s']:.1f} s on {device})")
+    if args.size is None and args.voxel_size is None and scan.volume is not None:
+        volume = scan.volume
+    else:
+        volume = io.default_volume(scan, size=args.size, voxel_size=args.voxel_size)
+        scan = scan.replace(truth=None)  # a truth on another grid cannot be compared
+    result = _run_and_write(scan, volume, args, f"dip-uq reconstruct {Path(args.scan).name}")
+    if result is not None:
+        _print_summary(Path(args.out), result, str(_device(args.device)))
 
 
 def _add_scan_arguments(p: argparse.ArgumentParser) -> None:
@@ -272,69 +323,89 @@ def _add_device_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``dip-uq`` and its subcommands."""
-    parser = argparse.ArgumentParser(
-        prog="dip-uq",
-        description="Tomographic reconstruction with a deep image prior and per-voxel uncertainty.",
-    )
-    parser.add_argument("--version", action="version", version=f"dip-uq {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    commands = parser.add_subparsers(dest="command", required=True)
+# The demo's defaults: small enough that FBP → DIP → EM → std map runs in minutes on a 2-core
+# CPU (timings in CHANGELOG/README), sparse-view and noisy enough that the std map has work.
+DEMO_DEFAULTS = {
+    2: {"size": 64, "geometry": "parallel", "angles": 30, "iterations": 1500, "channels": 32},
+    3: {"size": 24, "geometry": "cone", "angles": 24, "iterations": 600, "channels": 16},
+}
 
-    p = commands.add_parser(
-        "demo",
-        help="simulate a scan of a built-in phantom and reconstruct it",
-        description="Simulate a sparse-view, noisy scan of the Shepp-Logan phantom "
-        "(attenuation 0.02 per unit length inside the skull) and reconstruct it.",
-    )
-    p.add_argument("--out", default="dip-uq-demo", help="output folder (default: %(default)s)")
+
+def _add_simulation_arguments(p: argparse.ArgumentParser, demo: bool) -> None:
+    """The synthetic scan of ``demo`` and ``simulate``."""
+    default = "(default: 64 in 2D, 24 in 3D)" if demo else "(default: %(default)s)"
     p.add_argument(
-        "--dim", type=int, choices=[2, 3], default=2, help="2D parallel beam or 3D cone beam"
+        "--phantom",
+        choices=["shepp-logan", "ellipses"],
+        default="shepp-logan",
+        help="object (default: %(default)s)",
     )
-    p.add_argument("--size", type=int, help="image side in voxels (default: 128 in 2D, 48 in 3D)")
     p.add_argument(
-        "--angles", type=int, default=45, help="number of projections (default: %(default)s)"
+        "--dim", type=int, choices=[2, 3], default=2, help="2D slice or 3D volume (default: 2)"
+    )
+    p.add_argument(
+        "--size", type=int, default=None if demo else 64, help=f"voxels per side {default}"
+    )
+    p.add_argument(
+        "--geometry",
+        choices=["parallel", "fan", "cone"],
+        help="beam: parallel or fan in 2D, parallel or cone in 3D (default: parallel in 2D, "
+        "cone in 3D)",
+    )
+    p.add_argument(
+        "--angles",
+        type=int,
+        default=None if demo else 30,
+        help="number of projections " + ("(default: 30 in 2D, 24 in 3D)" if demo else default),
+    )
+    p.add_argument(
+        "--arc",
+        type=float,
+        help="angular range in degrees; below 180 is limited-angle (default: 180 parallel, "
+        "360 fan/cone)",
     )
     p.add_argument(
         "--noise",
         type=float,
         default=0.02,
-        help="relative Gaussian noise level (default: %(default)s)",
+        help="relative Gaussian noise level, σ / mean|Ax| (default: %(default)s)",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    _add_device_arguments(p)
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
-    p.set_defaults(run=demo)
 
-    p = commands.add_parser(
-        "info",
-        help="describe a scan file without reconstructing it",
-        description="Print the format, arrays, angles, flats/darks, geometry and units that the "
-        "reader finds in SCAN.",
-    )
-    _add_scan_arguments(p)
-    p.set_defaults(run=info)
 
-    p = commands.add_parser(
-        "reconstruct",
-        help="reconstruct a scan file, with a per-voxel uncertainty map for DIP",
-        description="Read SCAN, reconstruct it with FBP or the deep image prior and, with "
-        "--uq laplace, estimate the per-voxel posterior standard deviation.",
+def _add_pipeline_arguments(p: argparse.ArgumentParser, demo: bool) -> None:
+    """What ``demo`` and ``reconstruct`` run, and where they write."""
+    p.add_argument(
+        "--method",
+        choices=["fbp", "dip"],
+        default="dip",
+        help="FBP only, or the deep image prior (default: %(default)s)",
     )
-    _add_scan_arguments(p)
-    p.add_argument("--out", default="dip-uq-out", help="output folder (default: %(default)s)")
-    p.add_argument("--method", choices=["fbp", "dip"], default="dip", help="(default: %(default)s)")
     p.add_argument(
         "--uq",
-        choices=["laplace", "none"],
+        choices=["laplace", "mcdropout", "sgld", "none"],
         default="laplace",
-        help="uncertainty for --method dip (default: %(default)s)",
+        help="uncertainty for --method dip: linearised Laplace with EM, MC dropout, SGLD, "
+        "or none (default: %(default)s)",
     )
-    p.add_argument("--iterations", type=int, help="DIP iterations (default: from the noise level)")
+    demo_note = " (demo default: 1500 in 2D, 600 in 3D)" if demo else ""
     p.add_argument(
-        "--samples", type=int, default=16, help="posterior samples (default: %(default)s)"
+        "--iterations",
+        type=int,
+        help=f"DIP iterations (default: from the noise level){demo_note}",
+    )
+    demo_note = " (demo default: 32 in 2D, 16 in 3D)" if demo else ""
+    p.add_argument(
+        "--channels",
+        type=int,
+        help="U-Net channels per scale; smaller is faster on a CPU (default: 128 in 2D, "
+        f"32 in 3D){demo_note}",
+    )
+    p.add_argument("--scales", type=int, help="U-Net resolutions (default: from the grid)")
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=16,
+        help="posterior samples for the std map and per EM step (default: %(default)s)",
     )
     p.add_argument("--em-steps", type=int, default=5, help="EM steps (default: %(default)s)")
     p.add_argument(
@@ -343,24 +414,166 @@ def build_parser() -> argparse.ArgumentParser:
         default=100,
         help="conjugate-gradient iterations per sampling solve (default: %(default)s)",
     )
+    p.add_argument(
+        "--fit-noise",
+        action="store_true",
+        help="let EM update the noise variance too (default: keep the DIP's estimate from "
+        "the data, which is more reliable unless CG converges fully)",
+    )
+    p.add_argument(
+        "--batch",
+        type=int,
+        help="posterior samples solved together; lower it to save memory (default: all)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the network, the samples (and the simulated noise) (default: 0)",
+    )
+    p.add_argument(
+        "--out",
+        default="dip-uq-demo" if demo else "dip-uq-out",
+        help="output folder (default: %(default)s)",
+    )
+    _add_device_arguments(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run from the checkpoints in --out",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace existing outputs and checkpoints in --out"
+    )
+    p.add_argument(
+        "--config",
+        help="JSON or TOML file of option values (keys as the long options, e.g. em-steps); "
+        "options given on the command line win",
+    )
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The argument parser of ``dip-uq`` and its subcommands (by name)."""
+    parser = argparse.ArgumentParser(
+        prog="dip-uq",
+        description="Tomographic reconstruction with a deep image prior and per-voxel uncertainty.",
+    )
+    parser.add_argument("--version", action="version", version=f"dip-uq {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    commands = parser.add_subparsers(dest="command", required=True)
+    subparsers = {}
+
+    p = subparsers["demo"] = commands.add_parser(
+        "demo",
+        help="simulate a scan of a built-in phantom and run the whole pipeline on it",
+        description="Simulate a sparse-view, noisy scan of a built-in phantom, reconstruct it "
+        "with FBP and the deep image prior, estimate the per-voxel uncertainty (linearised "
+        "Laplace with EM) and score it against the truth. Writes reconstruction.h5, mean.tif, "
+        "std.tif, report.png and run.json to --out.",
+    )
+    _add_simulation_arguments(p, demo=True)
+    _add_pipeline_arguments(p, demo=True)
+    p.set_defaults(run=demo)
+
+    p = subparsers["simulate"] = commands.add_parser(
+        "simulate",
+        help="write a simulated scan (NXtomo with the ground truth)",
+        description="Simulate a scan of a built-in phantom and write it as an NXtomo HDF5 file "
+        "with the ground truth, which 'dip-uq reconstruct' reads (and scores against).",
+    )
+    _add_simulation_arguments(p, demo=False)
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default: %(default)s)")
+    p.add_argument("--out", default="scan.h5", help="the file to write (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(run=simulate)
+
+    p = subparsers["info"] = commands.add_parser(
+        "info",
+        help="describe a scan file without reconstructing it",
+        description="Print the format, arrays, angles, flats/darks, geometry and units that the "
+        "reader finds in SCAN.",
+    )
+    _add_scan_arguments(p)
+    p.set_defaults(run=info)
+
+    p = subparsers["reconstruct"] = commands.add_parser(
+        "reconstruct",
+        help="reconstruct a scan file, with a per-voxel uncertainty map for DIP",
+        description="Read SCAN, reconstruct it with FBP or the deep image prior and estimate "
+        "the per-voxel posterior standard deviation. Writes reconstruction.h5 (mean, std, fbp), "
+        "mean.tif, std.tif, report.png and run.json to --out.",
+    )
+    _add_scan_arguments(p)
     p.add_argument("--rows", help="detector rows to keep: INDEX or START:STOP")
     p.add_argument("--crop", help="detector columns to keep: START:STOP")
     p.add_argument("--bin", type=int, default=1, help="bin detector pixels by this factor")
     p.add_argument("--angle-step", type=int, default=1, help="keep every k-th projection")
-    p.add_argument("--center-offset", help="centre-of-rotation offset in pixels, or 'auto'")
-    p.add_argument("--size", type=int, help="reconstruction grid side in voxels")
-    p.add_argument("--voxel-size", type=float, help="voxel size in the scan's length unit")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    _add_device_arguments(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
+    p.add_argument(
+        "--center-offset",
+        help="centre-of-rotation offset in detector pixels, or 'auto' (parallel beam)",
+    )
+    p.add_argument(
+        "--size", type=int, help="reconstruction grid side in voxels (default: from the scan)"
+    )
+    p.add_argument(
+        "--voxel-size",
+        type=float,
+        help="voxel edge in the scan's length unit (default: the detector pitch at the axis)",
+    )
+    _add_pipeline_arguments(p, demo=False)
     p.set_defaults(run=reconstruct)
-    return parser
+    return parser, subparsers
+
+
+def _load_config(path: str) -> dict[str, Any]:
+    """Option values from a JSON or TOML file."""
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"config file {path} does not exist; check the --config path")
+    text = file.read_text()
+    try:
+        if file.suffix.lower() == ".toml":
+            import tomllib
+
+            values = tomllib.loads(text)
+        else:
+            values = json.loads(text)
+    except ImportError:
+        raise UserError("TOML configs need Python 3.11 or newer; use a JSON file") from None
+    except ValueError as error:
+        raise UserError(f"cannot parse {path}: {error}") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{path} must hold a mapping of option names to values")
+    return {key.replace("-", "_"): value for key, value in values.items()}
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """Parse the command line; with ``--config``, its values become the defaults."""
+    parser, subparsers = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None) is None:
+        return args
+    values = _load_config(args.config)
+    known = set(vars(args)) - {"run", "command", "config", "debug", "verbose"}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UserError(
+            f"{args.config}: unknown option(s) {', '.join(unknown)} for '{args.command}'; "
+            "see dip-uq " + args.command + " --help"
+        )
+    subparsers[args.command].set_defaults(**values)
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``dip-uq``; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = _parse(argv)
+    except UserError as error:
+        print(f"dip-uq: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s"
     )

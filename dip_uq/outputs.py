@@ -88,30 +88,39 @@ def save_report(
     path: str | os.PathLike,
     images: Mapping[str, np.ndarray],
     title: str = "",
-    curves: Mapping[str, np.ndarray] | None = None,
+    curves: Mapping[str, np.ndarray | Mapping[str, np.ndarray]] | None = None,
+    calibration: Mapping[str, np.ndarray] | None = None,
 ) -> None:
-    """A PNG with one panel per image (three central slices each for volumes) plus curves.
+    """A PNG with one panel per image (three central slices each for volumes) plus plots.
 
     Args:
         path: the PNG to write.
         images: panel title -> image ``(ny, nx)`` or volume ``(nz, ny, nx)``; images whose title
-            starts with ``"error"`` or ``"std"`` get a sequential colour map, others grey.
+            starts with ``"error"``, ``"|error|"`` or ``"std"`` get a sequential colour map,
+            others grey.
         title: figure title.
-        curves: optional title -> 1D array (e.g. loss per iteration), drawn on a log scale.
+        curves: optional panel title -> 1D array (e.g. loss per iteration) or a mapping of
+            line labels to 1D arrays (several lines in one panel), drawn on a log scale.
+        calibration: optional ``mean``, ``std`` and ``truth`` arrays: adds the calibration
+            curve (expected vs observed coverage of central intervals) and the reliability
+            plot (RMSE of the error vs the std, binned by std).
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = curves or {}
+    from .metrics import calibration_curve
+    from .plots import calibration_plot, reliability_plot
+
+    curves = dict(curves or {})
+    plots = len(curves) + (2 if calibration is not None else 0)
     rows = [(name, slab) for name, image in images.items() for slab in _central_slices(image)]
     n_slices = len(_central_slices(next(iter(images.values()))))
     n_images = len(images)
-    n_rows = n_slices + (1 if curves else 0)
-    fig, axes = plt.subplots(
-        n_rows, max(n_images, len(curves), 1), figsize=(3.2 * n_images, 3.2 * n_rows), squeeze=False
-    )
+    n_rows = n_slices + (1 if plots else 0)
+    n_cols = max(n_images, plots, 1)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.2 * n_cols, 3.2 * n_rows), squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
     for k, (name, (suffix, slab)) in enumerate(rows):
@@ -123,12 +132,27 @@ def save_report(
         ax.set_axis_on()
         ax.set_xticks([])
         ax.set_yticks([])
-    for k, (name, values) in enumerate(curves.items()):
-        ax = axes[-1, k]
+    plot_axes = iter(axes[-1])
+    for name, values in curves.items():
+        ax = next(plot_axes)
         ax.set_axis_on()
-        ax.semilogy(np.asarray(values))
+        lines = values if isinstance(values, Mapping) else {"": values}
+        for label, line in lines.items():
+            ax.semilogy(np.asarray(line), label=label or None)
+        if len(lines) > 1:
+            ax.legend(fontsize=5, ncol=1 + len(lines) // 7, framealpha=0.5)
         ax.set_title(name, fontsize=9)
-        ax.set_xlabel("iteration")
+        ax.set_xlabel("iteration" if "EM" not in name else "EM step")
+    if calibration is not None:
+        mean, std, truth = (np.asarray(calibration[k]) for k in ("mean", "std", "truth"))
+        ax = next(plot_axes)
+        ax.set_axis_on()
+        calibration_plot(ax, *calibration_curve(mean, std, truth))
+        ax.set_title("calibration", fontsize=9)
+        ax = next(plot_axes)
+        ax.set_axis_on()
+        reliability_plot(ax, std, np.abs(mean - truth))
+        ax.set_title("reliability", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

@@ -1,6 +1,7 @@
 """The dip-uq command line: the demo's outputs and its refusal to overwrite."""
 
 import json
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -8,25 +9,120 @@ import pytest
 
 from dip_uq.cli import main
 
+# tiny settings that run the whole pipeline in seconds
+FAST = ["--iterations", "40", "--channels", "8", "--samples", "4", "--em-steps", "1"]
+FAST += ["--cg-iterations", "10", "--device", "cpu", "--quiet"]
 
-def test_demo_writes_outputs_and_refuses_to_overwrite(tmp_path, capsys):
+
+def test_demo_runs_the_pipeline_scores_it_and_refuses_to_overwrite(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--size", "32", "--angles", "20"]) == 0
-    assert "FBP PSNR" in capsys.readouterr().out
+    args = ["demo", "--out", str(out), "--size", "24", "--angles", "12", *FAST]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "FBP PSNR" in printed and "DIP PSNR" in printed and "90% interval covers" in printed
     with h5py.File(out / "reconstruction.h5") as f:
-        fbp, truth = f["fbp"][()], f["truth"][()]
-        assert fbp.shape == truth.shape == (32, 32) and fbp.dtype == np.float32
+        mean, std, truth = f["mean"][()], f["std"][()], f["truth"][()]
+        assert mean.shape == std.shape == truth.shape == (24, 24) and std.dtype == np.float32
         assert json.loads(f.attrs["geometry"])["type"] == "parallel"
+    assert np.isfinite(std).all() and (std > 0).all()
     run = json.loads((out / "run.json").read_text())
-    assert run["scores"]["psnr_fbp_db"] > 15
+    assert run["scores"]["psnr_fbp_db"] > 12 and 0 <= run["scores"]["coverage_90"] <= 1
+    assert {"fbp_s", "dip_s", "uncertainty_s", "total_s"} <= set(run["timings"])
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.glob(".*.part"))  # no temporary files left behind
+    assert not (out / "samples").exists() and not (out / "em-checkpoint.pt").exists()
 
     before = (out / "run.json").read_bytes()
-    assert main(["demo", "--out", str(out), "--size", "32", "--angles", "20"]) == 2
+    assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("dip-uq: error:") and "--overwrite" in err and err.count("\n") == 1
     assert (out / "run.json").read_bytes() == before
+
+
+def test_simulate_writes_a_scan_that_reconstruct_scores_against_its_truth(tmp_path, capsys):
+    scan = tmp_path / "scan.h5"
+    args = ["simulate", "--phantom", "ellipses", "--size", "24", "--geometry", "fan"]
+    assert (
+        main([*args, "--angles", "16", "--arc", "360", "--noise", "0.01", "--out", str(scan)]) == 0
+    )
+    assert "wrote" in capsys.readouterr().out
+    assert main(["simulate", "--out", str(scan)]) == 2  # exists: refused
+    assert "--overwrite" in capsys.readouterr().err
+    out = tmp_path / "fbp"
+    assert main(["reconstruct", str(scan), "--method", "fbp", "--out", str(out), "--quiet"]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["scores"]["psnr_fbp_db"] > 15 and "coverage_90" not in run["scores"]
+    assert not (out / "std.tif").exists()
+
+
+def test_config_file_sets_defaults_and_the_command_line_wins(tmp_path):
+    from dip_uq.cli import _parse
+
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"em-steps": 7, "samples": 3, "channels": 16}))
+    args = _parse(["reconstruct", "scan.h5", "--config", str(config), "--samples", "5"])
+    assert (args.em_steps, args.samples, args.channels) == (7, 5, 16)
+    toml = tmp_path / "run.toml"
+    toml.write_text("cg-iterations = 12\n")
+    assert _parse(["demo", "--config", str(toml)]).cg_iterations == 12
+
+
+def test_bad_config_is_a_one_line_error(tmp_path, capsys):
+    config = tmp_path / "bad.json"
+    config.write_text(json.dumps({"emsteps": 7}))
+    assert main(["demo", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown option(s) emsteps" in err and err.count("\n") == 1
+    assert main(["demo", "--config", str(tmp_path / "missing.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+class _Interrupt:
+    """Wraps ``owner.name`` so that its ``after``-th call (counting from 1) returns and then
+    raises KeyboardInterrupt, as a Ctrl-C right after a checkpoint was written would."""
+
+    def __init__(self, monkeypatch, owner, name, after):
+        self.calls, self.after = 0, after
+        original = getattr(owner, name)
+
+        def wrapped(*args, **kwargs):
+            result = original(*args, **kwargs)
+            self.calls += 1
+            if self.calls == self.after:
+                raise KeyboardInterrupt
+            return result
+
+        monkeypatch.setattr(owner, name, wrapped)
+
+
+def test_interrupted_runs_resume_to_the_uninterrupted_result(tmp_path, monkeypatch, capsys):
+    from dip_uq import DIP, LinearisedLaplace
+
+    scan = tmp_path / "scan.h5"
+    assert main(["simulate", "--size", "16", "--angles", "12", "--out", str(scan)]) == 0
+    common = ["reconstruct", str(scan), "--iterations", "250", "--channels", "8"]
+    common += ["--samples", "4", "--batch", "2", "--em-steps", "2", "--cg-iterations", "10"]
+    common += ["--device", "cpu", "--quiet"]
+    assert main([*common, "--out", str(tmp_path / "ref")]) == 0
+
+    out = ["--out", str(tmp_path / "run")]
+    with monkeypatch.context() as m:  # Ctrl-C during the DIP, after its first checkpoint
+        _Interrupt(m, DIP, "_save", after=1)
+        assert main([*common, *out]) == 130
+    assert (tmp_path / "run" / "dip-checkpoint.pt").exists()
+    assert main([*common, *out]) == 2  # checkpoints: neither silently resumed nor replaced
+    assert "--resume" in capsys.readouterr().err
+    with monkeypatch.context() as m:  # resumed, then Ctrl-C after the first batch of samples
+        _Interrupt(m, LinearisedLaplace, "_save_batch", after=1)
+        assert main([*common, *out, "--resume"]) == 130
+    assert len(list((tmp_path / "run" / "samples").glob("*.pt"))) == 1
+    assert main([*common, *out, "--resume"]) == 0
+
+    with h5py.File(tmp_path / "ref" / "reconstruction.h5") as ref:
+        with h5py.File(tmp_path / "run" / "reconstruction.h5") as run:
+            for name in ("mean", "std"):
+                np.testing.assert_allclose(run[name][()], ref[name][()], rtol=1e-6, atol=0)
+    assert not (tmp_path / "run" / "dip-checkpoint.pt").exists()
 
 
 def test_missing_cuda_is_a_one_line_error(tmp_path, capsys):
@@ -39,8 +135,6 @@ def test_missing_cuda_is_a_one_line_error(tmp_path, capsys):
 
 
 def test_info_describes_a_real_scan_and_reports_a_missing_file(capsys):
-    from pathlib import Path
-
     data = Path(__file__).resolve().parents[1] / "data"
     assert main(["info", str(data / "aps_tooth.h5")]) == 0
     out = capsys.readouterr().out
@@ -50,29 +144,67 @@ def test_info_describes_a_real_scan_and_reports_a_missing_file(capsys):
     assert err.startswith("dip-uq: error:") and err.count("\n") == 1
 
 
-def test_reconstruct_with_dip_and_laplace_writes_mean_std_and_report(tmp_path, capsys):
+def test_reconstruct_a_real_scan_with_dip_and_laplace(tmp_path):
     import tifffile
-    import torch
 
-    import dip_uq as du
-    from dip_uq import io
-
-    volume = du.Volume((32, 32))
-    geometry = du.ParallelBeam(np.linspace(0, np.pi, 20, endpoint=False), (48,))
-    truth = du.phantoms.shepp_logan(volume.shape)
-    y = du.simulate(du.RayTransform(volume, geometry, "torch"), truth, noise=0.03)
-    path = tmp_path / "scan.nxs"
-    io.write_nxtomo(path, io.Scan(y.numpy(), geometry), truth=truth.numpy(), volume=volume)
-    out = tmp_path / "out"
-    args = ["reconstruct", str(path), "--out", str(out), "--iterations", "30", "--samples", "4"]
-    args += ["--em-steps", "1", "--cg-iterations", "10", "--device", "cpu", "--quiet"]
+    data = Path(__file__).resolve().parents[1] / "data"
+    out = tmp_path / "tooth"
+    args = ["reconstruct", str(data / "aps_tooth.h5"), "--rows", "0", "--center-offset", "auto"]
+    args += ["--bin", "8", "--size", "32", "--out", str(out), *FAST]
     assert main(args) == 0
     with h5py.File(out / "reconstruction.h5") as f:
         mean, std = f["mean"][()], f["std"][()]
+        assert "truth" not in f
     assert mean.shape == std.shape == (32, 32)
-    assert np.isfinite(std).all() and (std > 0).all()
+    assert np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()
     np.testing.assert_array_equal(tifffile.imread(out / "std.tif"), std)
     run = json.loads((out / "run.json").read_text())
     assert run["hyperparameters"]["noise_variance"] > 0 and "dip_s" in run["timings"]
+    assert run["versions"]["dip_uq"] and run["seeds"]["network_and_samples"] == 0
     assert (out / "report.png").stat().st_size > 10_000
-    assert torch.isfinite(torch.as_tensor(mean)).all()
+
+
+@pytest.mark.parametrize("uq", ["mcdropout", "sgld"])
+def test_reconstruct_with_a_baseline_uncertainty(tmp_path, uq):
+    scan = tmp_path / "scan.h5"
+    assert main(["simulate", "--size", "16", "--angles", "12", "--out", str(scan)]) == 0
+    out = tmp_path / uq
+    assert main(["reconstruct", str(scan), "--uq", uq, "--out", str(out), *FAST]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["scores"]["coverage_90"] >= 0 and "dip_and_uncertainty_s" in run["timings"]
+    with h5py.File(out / "reconstruction.h5") as f:
+        assert (f["std"][()] > 0).all()
+
+
+def test_torchrun_with_two_processes_matches_one_process(tmp_path):
+    """`torchrun -m dip_uq reconstruct`: the samples are shared out over 2 gloo processes,
+    only rank 0 writes, and the std map equals the single-process one."""
+    import os
+    import subprocess
+    import sys
+
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("this torch build has no gloo backend")
+    scan = tmp_path / "scan.h5"
+    assert main(["simulate", "--size", "16", "--angles", "12", "--out", str(scan)]) == 0
+    common = [str(scan), *FAST, "--samples", "4", "--batch", "1", "--em-steps", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    for n, out in ((1, tmp_path / "one"), (2, tmp_path / "two")):
+        command = [*launch, f"--nproc-per-node={n}", "-m", "dip_uq", "reconstruct"]
+        done = subprocess.run(
+            [*command, *common, "--out", str(out)], env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.count("wrote") == 1  # rank 0 alone reports and writes
+    runs = [json.loads((tmp_path / d / "run.json").read_text()) for d in ("one", "two")]
+    assert [r["processes"] for r in runs] == [1, 2]
+    for name, values in runs[0]["hyperparameters"]["history"].items():
+        np.testing.assert_allclose(runs[1]["hyperparameters"]["history"][name], values, rtol=1e-5)
+    with h5py.File(tmp_path / "one" / "reconstruction.h5") as one:
+        with h5py.File(tmp_path / "two" / "reconstruction.h5") as two:
+            np.testing.assert_array_equal(two["mean"][()], one["mean"][()])
+            np.testing.assert_allclose(two["std"][()], one["std"][()], rtol=1e-5)
+    assert not list((tmp_path / "two").glob(".*"))  # no temporary or stray files

@@ -1,0 +1,355 @@
+"""The reconstruct-and-quantify pipeline behind ``dip-uq demo`` and ``dip-uq reconstruct``.
+
+One scan goes through::
+
+    FBP (always, as reference) → DIP → uncertainty → scores against the truth (when known)
+
+with the uncertainty from the linearised Laplace (EM for the prior and noise variances, then
+a per-voxel std map from posterior samples) or from a baseline (MC dropout, SGLD). Given a
+``work_dir``, every stage checkpoints there (the DIP every ``checkpoint_every`` iterations,
+EM after every step, the samples batch by batch) and a rerun with ``resume=True`` continues
+from the last checkpoint and reaches the same result as an uninterrupted run.
+
+>>> from dip_uq.simulate import simulate_scan
+>>> scan = simulate_scan(size=16, angles=12, noise=0.02)
+>>> result = run(scan, Settings(method="fbp"))
+>>> sorted(result.scores)
+['psnr_fbp_db', 'ssim_fbp']
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["CHECKPOINTS", "METHODS", "UQ_METHODS", "Result", "Settings", "run"]
+
+METHODS = ("fbp", "dip")
+UQ_METHODS = ("laplace", "mcdropout", "sgld", "none")
+COVERAGE_LEVELS = (0.5, 0.9, 0.95)
+# names in work_dir that belong to an unfinished run
+CHECKPOINTS = ("dip-checkpoint.pt", "em-checkpoint.pt", "samples")
+
+
+@dataclass
+class Settings:
+    """What the pipeline does; the defaults are those of ``dip-uq reconstruct``.
+
+    Attributes:
+        method: ``"fbp"`` (FBP/FDK only) or ``"dip"``.
+        uq: for ``method="dip"``: ``"laplace"`` (linearised Laplace with EM), ``"mcdropout"``,
+            ``"sgld"`` (:mod:`dip_uq.baselines`) or ``"none"``.
+        iterations: DIP iterations; ``None``: the DIP's default from the noise level.
+        channels: U-Net feature channels per scale; ``None``: the default for the dimension
+            (128 in 2D, 32 in 3D; :class:`dip_uq.UNet`). Smaller is much faster on a CPU.
+        scales: U-Net resolutions; ``None``: the default for the grid.
+        samples: posterior samples for the std map (and per EM step).
+        em_steps: EM steps for the Laplace hyperparameters (0 keeps the initial values).
+        cg_iterations: conjugate-gradient iterations per sampling solve.
+        batch: samples solved together (memory grows with it); ``None``: all at once.
+        fit_noise: let EM update the noise variance too; by default it stays at the DIP's
+            estimate from the data (see :meth:`dip_uq.LinearisedLaplace.fit_hyperparameters`
+            for why).
+        seed: seeds the network, the DIP input and the posterior samples.
+        fbp_filter: filter of the reference FBP.
+    """
+
+    method: str = "dip"
+    uq: str = "laplace"
+    iterations: int | None = None
+    channels: int | None = None
+    scales: int | None = None
+    samples: int = 16
+    em_steps: int = 5
+    cg_iterations: int = 100
+    batch: int | None = None
+    fit_noise: bool = False
+    seed: int = 0
+    fbp_filter: str = "hann"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
+        if self.uq not in UQ_METHODS:
+            raise ValueError(f"unknown uq {self.uq!r}; use one of {', '.join(UQ_METHODS)}")
+        for name in ("samples", "cg_iterations"):
+            if getattr(self, name) < 2 - (name == "cg_iterations"):
+                raise ValueError(f"{name} must be at least 2, got {getattr(self, name)}")
+        if self.em_steps < 0:
+            raise ValueError(f"em_steps must be 0 or more, got {self.em_steps}")
+
+
+@dataclass
+class Result:
+    """What the pipeline produced; images are float32 NumPy arrays shaped like the volume.
+
+    Attributes:
+        mean: the reconstruction (the DIP, or the FBP for ``method="fbp"``), ``(y, x)`` or
+            ``(z, y, x)``, attenuation per length unit.
+        std: per-voxel posterior standard deviation in the same units, or None.
+        fbp: the FBP/FDK reference.
+        truth: the ground truth when the scan has one, else None.
+        scores: PSNR/SSIM of FBP and mean; with a std and a truth also the coverage of the
+            central 50/90/95 % intervals, the per-voxel Gaussian test log-likelihood and the
+            Spearman correlation of std with |error|.
+        timings: seconds per stage.
+        hyperparameters: the noise and prior variances the Laplace used (after EM).
+        curves: per-iteration records for the report: DIP loss, EM history.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray | None
+    fbp: np.ndarray
+    truth: np.ndarray | None = None
+    scores: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    curves: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy().astype(np.float32)
+
+
+def scores(
+    truth: np.ndarray, fbp: np.ndarray, mean: np.ndarray | None, std: np.ndarray | None
+) -> dict[str, float]:
+    """Quality of the FBP and the DIP ``mean`` and calibration of ``std`` against ``truth``
+    (:func:`dip_uq.metrics.summary`), under the names ``run.json`` uses."""
+    from .metrics import summary
+
+    out = {}
+    for name, image in (("fbp", fbp), ("dip", mean)):
+        if image is None:
+            continue
+        s = summary(image, truth, std if name == "dip" else None, levels=COVERAGE_LEVELS)
+        out[f"psnr_{name}_db"] = s["psnr"]
+        if not math.isnan(s["ssim"]):
+            out[f"ssim_{name}"] = s["ssim"]
+        if name == "dip" and std is not None:
+            for level in COVERAGE_LEVELS:
+                out[f"coverage_{round(100 * level)}"] = s[f"coverage_{level:g}"]
+            out["spearman_std_error"] = s["spearman"]
+            out["tll_per_voxel"] = s["tll_1"]
+    return out
+
+
+class _Stage:
+    """Times a stage into ``timings[name]`` (seconds)."""
+
+    def __init__(self, timings: dict[str, float], name: str) -> None:
+        self.timings, self.name = timings, name
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.timings[self.name] = time.perf_counter() - self.start
+
+
+def _network(A: Any, settings: Settings) -> Any:
+    from .networks import UNet
+
+    options = {"channels": settings.channels, "scales": settings.scales}
+    options = {k: v for k, v in options.items() if v is not None}
+    return UNet.default_for(tuple(A.volume.shape), seed=settings.seed, **options)
+
+
+def _fingerprint(settings: Settings, y: torch.Tensor) -> dict[str, Any]:
+    """What must match for a checkpoint of the uncertainty stage to be reused."""
+    return {
+        "settings": asdict(settings),
+        "y_sum": float(y.double().sum()),
+        "y_shape": list(y.shape),
+    }
+
+
+def _laplace(
+    rec: Any,
+    y: torch.Tensor,
+    settings: Settings,
+    work_dir: Path | None,
+    progress: bool,
+    group: Any,
+) -> tuple[torch.Tensor, dict[str, Any], dict[str, dict[str, np.ndarray]]]:
+    """EM (checkpointed per step) then the std map (checkpointed per batch of samples);
+    with a process ``group`` the samples are shared out and rank 0 writes the EM state."""
+    from tqdm.auto import tqdm
+
+    from .laplace import LinearisedLaplace, SolverConfig
+
+    lap = LinearisedLaplace(
+        rec,
+        y=y,
+        seed=settings.seed,
+        solver=SolverConfig(iterations=settings.cg_iterations),
+        group=group,
+    )
+    main = group is None or group.is_main
+    checkpoint = None if work_dir is None else work_dir / "em-checkpoint.pt"
+    fingerprint = _fingerprint(settings, y)
+    done = 0
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        if state["fingerprint"] != fingerprint:
+            raise ValueError(
+                f"{checkpoint} belongs to a run with other settings or data; pass --overwrite "
+                "to start again"
+            )
+        lap.load_state_dict(state["laplace"])
+        done = state["em_steps_done"]
+    # one EM step per call, so that a resumed run repeats exactly what an uninterrupted one does
+    for step in tqdm(range(done, settings.em_steps), desc="EM", disable=not progress):
+        lap.fit_hyperparameters(
+            1, n_samples=settings.samples, batch=settings.batch, fit_noise=settings.fit_noise
+        )
+        if checkpoint is not None and main:  # every rank holds the same state
+            from .outputs import atomic_write
+
+            state = {
+                "fingerprint": fingerprint,
+                "laplace": lap.state_dict(),
+                "em_steps_done": step + 1,
+            }
+            with atomic_write(checkpoint) as tmp:
+                torch.save(state, tmp)
+    std = lap.std(
+        settings.samples,
+        batch=settings.batch,
+        checkpoint=None if work_dir is None else work_dir / "samples",
+        progress=progress,
+    )
+    history = lap.history
+    curves = {
+        "EM noise variance σ_y²": {"σ_y²": np.asarray(history["noise_variance"])},
+        "EM prior variances σ_b²": {
+            name.split("/", 1)[1]: np.asarray(values)
+            for name, values in history.items()
+            if name.startswith("prior_variance/")
+        },
+    }
+    hyper = {
+        "noise_variance": lap.noise_variance,
+        "prior_variances": dict(lap.prior.variances),
+        "history": {k: list(map(float, v)) for k, v in history.items()},
+    }
+    return std, hyper, curves
+
+
+def run(
+    scan: Any,
+    settings: Settings | None = None,
+    *,
+    volume: Any = None,
+    backend: str = "auto",
+    device: str | torch.device = "cpu",
+    work_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = False,
+    group: Any = None,
+) -> Result:
+    """Reconstruct ``scan`` (a :class:`dip_uq.io.Scan`) and quantify its uncertainty.
+
+    Args:
+        scan: line integrals, geometry and (for simulated scans) the truth.
+        settings: what to run (:class:`Settings`; default: DIP + linearised Laplace).
+        volume: the reconstruction grid; default ``scan.volume`` or
+            :func:`dip_uq.io.default_volume`.
+        backend: projector backend (``"auto"``, ``"torch"``, ``"astra"``).
+        device: where to compute.
+        work_dir: folder for the checkpoints (:data:`CHECKPOINTS`); None: no checkpoints.
+        resume: continue from the checkpoints in ``work_dir``; without it, existing
+            checkpoints are an error (nothing is overwritten by accident).
+        progress: show progress bars.
+        group: a :class:`dip_uq.laplace.distributed.DistContext` (``torchrun``): rank 0 fits
+            the DIP and the others receive it; the posterior samples of EM and of the std
+            map are shared out, and every rank returns the same result. Linearised Laplace
+            only; give ``settings.batch`` for results independent of the number of ranks.
+    """
+    from . import DIP, baselines
+    from .io import default_volume
+    from .laplace.distributed import share_fit
+    from .projector import RayTransform
+
+    settings = settings or Settings()
+    if group is not None and (settings.method, settings.uq) != ("dip", "laplace"):
+        raise ValueError(
+            "several processes share out the linearised-Laplace samples only; run "
+            f"--method {settings.method} --uq {settings.uq} as one process (without torchrun)"
+        )
+    main = group is None or group.is_main
+    progress = progress and main
+    device = torch.device(device)
+    work_dir = None if work_dir is None else Path(work_dir)
+    if work_dir is not None:
+        found = [name for name in CHECKPOINTS if (work_dir / name).exists()]
+        if found and not resume:
+            raise ValueError(
+                f"{work_dir} holds checkpoints of an unfinished run ({', '.join(found)}); pass "
+                "--resume to continue it or --overwrite to start again"
+            )
+        work_dir.mkdir(parents=True, exist_ok=True)
+    volume = volume or scan.volume or default_volume(scan)
+    A = RayTransform(volume, scan.geometry, backend=backend)
+    y = torch.as_tensor(scan.sinogram, device=device)
+    timings: dict[str, float] = {}
+    with _Stage(timings, "fbp_s"):
+        fbp = A.fbp(y, filter=settings.fbp_filter)
+    mean, std, hyper, curves = fbp, None, {}, {}
+    if settings.method == "dip":
+        dip_options = {
+            "iterations": settings.iterations,
+            "seed": settings.seed,
+            "device": device,
+            "progress": progress,
+            "network": _network(A, settings),
+        }
+        if settings.uq in ("mcdropout", "sgld"):
+            with _Stage(timings, "dip_and_uncertainty_s"):
+                baseline = baselines.mc_dropout if settings.uq == "mcdropout" else baselines.sgld
+                result = baseline(A, y, n_samples=settings.samples, **dip_options)
+            mean, std = result.mean, result.std
+            curves["DIP loss"] = {"loss": np.asarray(result.history["loss"])}
+        else:
+            checkpoint = None if work_dir is None or not main else work_dir / "dip-checkpoint.pt"
+            with _Stage(timings, "dip_s"):
+                rec = DIP(A, checkpoint=checkpoint, **dip_options)
+                if main:
+                    rec.fit(y)
+                if group is not None:
+                    share_fit(rec, group)  # the DIP is fitted once, on rank 0
+                mean = rec.predict()
+            curves["DIP loss"] = {"loss": np.asarray(rec.history["loss"])}
+            if settings.uq == "laplace":
+                with _Stage(timings, "uncertainty_s"):
+                    std, hyper, em_curves = _laplace(rec, y, settings, work_dir, progress, group)
+                curves.update(em_curves)
+    result = Result(
+        mean=_numpy(mean),
+        std=None if std is None else _numpy(std),
+        fbp=_numpy(fbp),
+        truth=None if scan.truth is None else np.asarray(scan.truth, dtype=np.float32),
+        timings=timings,
+        hyperparameters=hyper,
+        curves=curves,
+    )
+    if result.truth is not None:
+        dip_mean = result.mean if settings.method == "dip" else None
+        result.scores = scores(result.truth, result.fbp, dip_mean, result.std)
+    if group is not None:
+        group.barrier()  # every rank has finished reading the checkpoints
+    if work_dir is not None and main:  # finished: the checkpoints have served their purpose
+        for name in CHECKPOINTS:
+            path = work_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    return result
