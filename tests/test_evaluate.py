@@ -16,15 +16,9 @@ from dip_uq.simulate import SCAN_ATTENUATION, simulate_scan
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """The ``tiny`` suite (32² Shepp-Logan, 30 parallel-beam angles over 180°, 5 % noise,
-    16-channel U-Net, 400 DIP steps, 3 EM cycles), every method, run once for the tests. On
-    one thread: this module-scoped fixture runs before conftest's per-test ``one_thread``."""
+    16-channel U-Net, 400 DIP steps, 3 EM cycles), every method, run once for the tests."""
     out = tmp_path_factory.mktemp("tiny")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        rows = run_suite("tiny", out, device="cpu")
-    finally:
-        torch.set_num_threads(threads)
+    rows = run_suite("tiny", out, device="cpu")
     return out, {row["method"]: row for row in rows}
 
 

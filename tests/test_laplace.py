@@ -16,16 +16,6 @@ from dip_uq.networks import ConvWeight
 SHAPE = (12, 12)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny problems run fastest on one thread: OpenMP workers spin-wait, and on a shared
-    2-core machine two of them ran the sampler ~25x slower than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_problem() -> tuple[dict, float]:
     """A small U-Net on a 12×12 image, 6 parallel-beam angles, 5% noise: the parts of a
     ``LinearisedLaplace`` and the true noise variance. float32, as in use (CPU convolutions
@@ -337,3 +327,14 @@ def test_patch_tll_against_hand_computed_values():
     assert patch_tll(truth, 0.1 * samples, truth) > patch_tll(truth, samples, truth)
     with pytest.raises(ValueError, match="samples must be"):
         patch_tll(mean, samples[0], truth)
+
+
+def test_em_keeps_prior_variances_within_bounds_when_the_solves_are_truncated(tiny, caplog):
+    """Two CG iterations leave the samples near their prior draws: EM must neither blow the
+    prior variances up beyond 100x their start nor produce non-finite values."""
+    parts, _ = tiny
+    lap = LinearisedLaplace(**parts, solver=SolverConfig(iterations=2))
+    start = dict(lap.prior.variances)
+    lap.fit_hyperparameters(em_steps=6, n_samples=4)
+    for block, value in lap.prior.variances.items():
+        assert math.isfinite(value) and 0 < value <= 100 * start[block] * (1 + 1e-12), block
