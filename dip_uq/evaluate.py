@@ -363,8 +363,8 @@ _COLUMNS = [
     ("tll_1", "TLL 1", "{:.2f}"),
     ("tll_patch", "TLL patch", "{:.2f}"),
     ("spearman", "Spearman", "{:.2f}"),
-    ("mean_std", "mean std", "{:.3f}"),
-    ("rmse", "RMSE", "{:.3f}"),
+    ("mean_std", "mean std", "{:.3g}"),  # image units: attenuation per mm, ~0.02
+    ("rmse", "RMSE", "{:.3g}"),
     ("seconds", "s", "{:.0f}"),
 ]
 
