@@ -65,7 +65,7 @@ def test_table_without_uncertainty():
     truth[4:12, 4:12] = 1.0
     row = {"case": "c", "method": "fbp", **summary(truth + 0.1, truth), "seconds": 1.0}
     table = markdown_table([row])
-    assert "| c | fbp | 20.00 |" in table and "–" in table and "| 0.100 | 1 |" in table
+    assert "| c | fbp | 20.00 |" in table and "–" in table and "| 0.1 | 1 |" in table
 
 
 def test_case_scan_is_simulate_scan():
