@@ -256,19 +256,21 @@ class UNet(nn.Module):
         self.reset_parameters(seed)
 
     @classmethod
-    def default_for(cls, shape: Sequence[int], **kwargs: Any) -> UNet:
+    def default_for(cls, shape: Sequence[int], scales: int | None = None, **kwargs: Any) -> UNet:
         """The default U-Net for images of spatial shape ``([Z,] Y, X)``.
 
-        ``dim = len(shape)``; ``scales`` is the default for ``dim``, lowered where needed so
-        every axis keeps at least 4 pixels at the coarsest scale (a 16×16 image gets 3 scales).
-        Other keyword arguments go to :class:`UNet`.
+        ``dim = len(shape)``; ``scales`` (``None``) is the default for ``dim``, lowered where
+        needed so every axis keeps at least 4 pixels at the coarsest scale (a 16×16 image gets
+        3 scales); a given ``scales`` is used as it is. Other keyword arguments go to
+        :class:`UNet`.
         """
         shape = tuple(shape)
         if len(shape) not in _DEFAULTS:
             raise ValueError(f"shape must be (Y, X) or (Z, Y, X), got {shape!r}")
-        scales = min(_DEFAULTS[len(shape)][0], _max_scales(shape))
-        if scales < 1:
-            raise ValueError(f"shape {shape!r} has an axis below {MIN_COARSEST} pixels")
+        if scales is None:
+            scales = min(_DEFAULTS[len(shape)][0], _max_scales(shape))
+            if scales < 1:
+                raise ValueError(f"shape {shape!r} has an axis below {MIN_COARSEST} pixels")
         return cls(dim=len(shape), scales=scales, **kwargs)
 
     def reset_parameters(self, seed: int | None = None) -> None:

@@ -157,9 +157,9 @@ class _Stage:
 def _network(A: Any, settings: Settings) -> Any:
     from .networks import UNet
 
-    options = {"channels": settings.channels, "scales": settings.scales}
-    options = {k: v for k, v in options.items() if v is not None}
-    return UNet.default_for(tuple(A.volume.shape), seed=settings.seed, **options)
+    return UNet.default_for(
+        A.volume.shape, scales=settings.scales, channels=settings.channels, seed=settings.seed
+    )
 
 
 def _fingerprint(settings: Settings, y: torch.Tensor) -> dict[str, Any]:

@@ -166,12 +166,15 @@ def test_reconstruct_a_real_scan_with_dip_and_laplace(tmp_path):
 
 @pytest.mark.parametrize("uq", ["mcdropout", "sgld"])
 def test_reconstruct_with_a_baseline_uncertainty(tmp_path, uq):
+    """Also a U-Net with the scales given (``--scales``) instead of the default."""
     scan = tmp_path / "scan.h5"
     assert main(["simulate", "--size", "16", "--angles", "12", "--out", str(scan)]) == 0
     out = tmp_path / uq
-    assert main(["reconstruct", str(scan), "--uq", uq, "--out", str(out), *FAST]) == 0
+    args = ["reconstruct", str(scan), "--uq", uq, "--scales", "2", "--out", str(out), *FAST]
+    assert main(args) == 0
     run = json.loads((out / "run.json").read_text())
     assert run["scores"]["coverage_90"] >= 0 and "dip_and_uncertainty_s" in run["timings"]
+    assert run["settings"]["scales"] == 2
     with h5py.File(out / "reconstruction.h5") as f:
         assert (f["std"][()] > 0).all()
 

@@ -159,6 +159,7 @@ def test_too_small_input_and_default_for():
         net(torch.randn(1, 16, 16))
     assert UNet.default_for((16, 16), channels=4).scales == 3
     assert UNet.default_for((501, 501), channels=4).scales == 5
+    assert UNet.default_for((32, 32), scales=2, channels=4).scales == 2  # given: kept
     small = UNet.default_for((16, 20, 40), channels=4, seed=0)
     assert (small.dim, small.scales) == (3, 3)
     assert small(torch.randn(1, 1, 16, 20, 40)).shape == (1, 1, 16, 20, 40)
