@@ -10,10 +10,9 @@ import argparse
 import json
 import logging
 import platform
-import shutil
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,8 @@ import numpy as np
 import torch
 
 from . import __version__
+from .pipeline import METHODS, UQ_METHODS
+from .simulate import PHANTOMS, SCAN_GEOMETRIES
 
 __all__ = ["main"]
 
@@ -58,8 +59,10 @@ def _versions() -> dict[str, str]:
 
 
 def _prepare_output(out: Path, names: list[str], overwrite: bool, resume: bool = False) -> None:
-    """Refuse to replace results (and, unless resuming, checkpoints) without ``--overwrite``."""
-    from .pipeline import CHECKPOINTS
+    """Refuse to replace results without ``--overwrite``; with it (and without ``--resume``),
+    clear the checkpoints of an earlier run. Checkpoints without either flag are refused by
+    :func:`dip_uq.pipeline.run`."""
+    from .pipeline import remove_checkpoints
 
     existing = [n for n in names if (out / n).exists()]
     if existing and not overwrite:
@@ -67,38 +70,19 @@ def _prepare_output(out: Path, names: list[str], overwrite: bool, resume: bool =
             f"{out} already holds {', '.join(existing)}; pass --overwrite to replace them "
             "or choose another --out"
         )
-    checkpoints = [n for n in CHECKPOINTS if (out / n).exists()]
-    if checkpoints and overwrite and not resume:
-        for name in checkpoints:
-            path = out / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-    elif checkpoints and not resume:
-        raise UserError(
-            f"{out} holds checkpoints of an unfinished run ({', '.join(checkpoints)}); pass "
-            "--resume to continue it or --overwrite to start again"
-        )
-    out.mkdir(parents=True, exist_ok=True)
+    if overwrite and not resume:
+        remove_checkpoints(out)
 
 
 OUTPUTS = ["reconstruction.h5", "mean.tif", "std.tif", "report.png", "run.json"]
 
 
 def _settings(args: argparse.Namespace) -> Any:
+    """The pipeline settings that the command line sets (the others keep their defaults)."""
     from .pipeline import Settings
 
-    return Settings(
-        method=args.method,
-        uq=args.uq,
-        iterations=args.iterations,
-        channels=args.channels,
-        scales=args.scales,
-        samples=args.samples,
-        em_steps=args.em_steps,
-        cg_iterations=args.cg_iterations,
-        batch=args.batch,
-        fit_noise=args.fit_noise,
-        seed=args.seed,
-    )
+    given = {f.name: getattr(args, f.name) for f in fields(Settings) if hasattr(args, f.name)}
+    return Settings(**given)
 
 
 def _run_and_write(scan: Any, volume: Any, args: argparse.Namespace, title: str) -> Any:
@@ -336,7 +320,7 @@ def _add_simulation_arguments(p: argparse.ArgumentParser, demo: bool) -> None:
     default = "(default: 64 in 2D, 24 in 3D)" if demo else "(default: %(default)s)"
     p.add_argument(
         "--phantom",
-        choices=["shepp-logan", "ellipses"],
+        choices=PHANTOMS,
         default="shepp-logan",
         help="object (default: %(default)s)",
     )
@@ -348,7 +332,7 @@ def _add_simulation_arguments(p: argparse.ArgumentParser, demo: bool) -> None:
     )
     p.add_argument(
         "--geometry",
-        choices=["parallel", "fan", "cone"],
+        choices=sorted({g for names in SCAN_GEOMETRIES.values() for g in names}),
         help="beam: parallel or fan in 2D, parallel or cone in 3D (default: parallel in 2D, "
         "cone in 3D)",
     )
@@ -376,13 +360,13 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser, demo: bool) -> None:
     """What ``demo`` and ``reconstruct`` run, and where they write."""
     p.add_argument(
         "--method",
-        choices=["fbp", "dip"],
+        choices=METHODS,
         default="dip",
         help="FBP only, or the deep image prior (default: %(default)s)",
     )
     p.add_argument(
         "--uq",
-        choices=["laplace", "mcdropout", "sgld", "none"],
+        choices=UQ_METHODS,
         default="laplace",
         help="uncertainty for --method dip: linearised Laplace with EM, MC dropout, SGLD, "
         "or none (default: %(default)s)",

@@ -29,7 +29,16 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["CHECKPOINTS", "METHODS", "UQ_METHODS", "Result", "Settings", "run"]
+__all__ = [
+    "CHECKPOINTS",
+    "METHODS",
+    "UQ_METHODS",
+    "Result",
+    "Settings",
+    "find_checkpoints",
+    "remove_checkpoints",
+    "run",
+]
 
 METHODS = ("fbp", "dip")
 UQ_METHODS = ("laplace", "mcdropout", "sgld", "none")
@@ -79,9 +88,10 @@ class Settings:
             raise ValueError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
         if self.uq not in UQ_METHODS:
             raise ValueError(f"unknown uq {self.uq!r}; use one of {', '.join(UQ_METHODS)}")
-        for name in ("samples", "cg_iterations"):
-            if getattr(self, name) < 2 - (name == "cg_iterations"):
-                raise ValueError(f"{name} must be at least 2, got {getattr(self, name)}")
+        # a std needs two samples; a solve needs one iteration
+        for name, least in (("samples", 2), ("cg_iterations", 1)):
+            if getattr(self, name) < least:
+                raise ValueError(f"{name} must be at least {least}, got {getattr(self, name)}")
         if self.em_steps < 0:
             raise ValueError(f"em_steps must be 0 or more, got {self.em_steps}")
 
@@ -184,6 +194,7 @@ def _laplace(
     from tqdm.auto import tqdm
 
     from .laplace import LinearisedLaplace, SolverConfig
+    from .outputs import atomic_write
 
     lap = LinearisedLaplace(
         rec,
@@ -211,8 +222,6 @@ def _laplace(
             1, n_samples=settings.samples, batch=settings.batch, fit_noise=settings.fit_noise
         )
         if checkpoint is not None and main:  # every rank holds the same state
-            from .outputs import atomic_write
-
             state = {
                 "fingerprint": fingerprint,
                 "laplace": lap.state_dict(),
@@ -289,7 +298,7 @@ def run(
     device = torch.device(device)
     work_dir = None if work_dir is None else Path(work_dir)
     if work_dir is not None:
-        found = [name for name in CHECKPOINTS if (work_dir / name).exists()]
+        found = find_checkpoints(work_dir)
         if found and not resume:
             raise ValueError(
                 f"{work_dir} holds checkpoints of an unfinished run ({', '.join(found)}); pass "
@@ -346,10 +355,17 @@ def run(
     if group is not None:
         group.barrier()  # every rank has finished reading the checkpoints
     if work_dir is not None and main:  # finished: the checkpoints have served their purpose
-        for name in CHECKPOINTS:
-            path = work_dir / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
+        remove_checkpoints(work_dir)
     return result
+
+
+def find_checkpoints(work_dir: Path) -> list[str]:
+    """The names of :data:`CHECKPOINTS` present in ``work_dir``."""
+    return [name for name in CHECKPOINTS if (work_dir / name).exists()]
+
+
+def remove_checkpoints(work_dir: Path) -> None:
+    """Delete the checkpoints of a run (finished, or to be started again) from ``work_dir``."""
+    for name in find_checkpoints(work_dir):
+        path = work_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
