@@ -64,6 +64,7 @@ import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -489,15 +490,17 @@ class LinearisedLaplace:
     # ----------------------------------------------------------------------------------------
     # hyperparameters
     # ----------------------------------------------------------------------------------------
+    @cached_property
     def _linear_data(self) -> torch.Tensor:
-        """``r = y - A f(θ*) + A J θ*``: the data the linear model ``A J θ`` is fitted to."""
+        """``r = y - A f(θ*) + A J θ*``: the data the linear model ``A J θ`` is fitted to
+        (fixed: computed once, at the first EM step)."""
         with torch.no_grad():
             return self._fit_residual + self.A(self.model.jvp(self.model.theta_star[None]))[0]
 
     def mode(self) -> torch.Tensor:
         """The linear model's posterior mode ``û = Mᵀ (M Mᵀ + σ_y² I)⁻¹ r`` (whitened,
         ``(P,)``), ``r = y - A f(θ*) + A J θ*``; warm-started from the previous call."""
-        u, self._mode_state, _ = self._solve_dual(self._linear_data()[None], self._mode_state)
+        u, self._mode_state, _ = self._solve_dual(self._linear_data[None], self._mode_state)
         return u[0]
 
     def fit_hyperparameters(
@@ -558,7 +561,7 @@ class LinearisedLaplace:
                 norms = self.prior.block_sqnorms(u_hat[None].double())
                 stats[2 * nb : 3 * nb] = torch.stack([norms[b][0] for b in blocks]).cpu()
                 with torch.no_grad():
-                    misfit = self._linear_data() - self._m(u_hat[None])[0]
+                    misfit = self._linear_data - self._m(u_hat[None])[0]
                 stats[-1] = float(misfit.double().square().sum())
             if self.group is not None:
                 stats = self.group.all_reduce_sum(stats, "all-reduce of the EM statistics")
