@@ -312,9 +312,10 @@ class LinearisedLaplace:
 
         ``start`` is the global index of the first sample (samples are reproducible per
         index). CG solves the equivalent measurement-space system (Matheron's rule)
-        ``u = u₀ + Mᵀ a``, ``(M Mᵀ + σ_y² I) a = σ_y e₀ - M u₀``; SGD and Adam minimise the
+        ``u = u₀ + Mᵀ a``, ``(M Mᵀ + σ_y² I) a = σ_y e₀ - M u₀``; SGD minimises the
         weight-space objective of the module docstring. ``x0`` warm-starts them (``a`` for
-        CG, ``u`` otherwise); the info dict returns the end point as ``"state"``.
+        CG, ``u`` otherwise); the info dict returns the end point as ``"state"`` and the
+        samples' base noise ``u₀`` as ``"base"``.
         """
         if n_samples < 1:
             raise ValueError(f"n_samples must be at least 1, got {n_samples}")
@@ -323,13 +324,14 @@ class LinearisedLaplace:
         with torch.no_grad():
             if method is Method.CG:
                 u, a, info = self._solve_dual(self.noise_std * e0 - self._m(u0), x0)
-                return u0 + u, {**info, "state": a}
+                return u0 + u, {**info, "state": a, "base": u0}
             b = u0 + self._m_t(e0) / self.noise_std
             if method is Method.EXACT:
-                return self._exact_solve(b), {"iterations": 0, "residual": torch.zeros(n_samples)}
+                exact = {"iterations": 0, "residual": torch.zeros(n_samples), "base": u0}
+                return self._exact_solve(b), exact
             config = SolverConfig(**{**vars(self.solver), "method": method})
             u, info = solve(self._normal, b, x0=x0, config=config)
-            return u, {**info, "state": u}
+            return u, {**info, "state": u, "base": u0}
 
     def sample(
         self, n_samples: int, *, method: Method | str | None = None, start: int = 0
@@ -551,7 +553,7 @@ class LinearisedLaplace:
                 # the samples' own base noise u₀ as control variate: E||u₀_b||² = n_b exactly,
                 # and ||u₀_b||² - ||u_b||² varies with the data-informed part of u_b only,
                 # where n_b - ||u_b||² carries the chi-square noise of n_b prior directions
-                base = self.prior.block_sqnorms(self._base_noise(range(start, stop))[0].double())
+                base = self.prior.block_sqnorms(info["base"].double())
                 d = torch.stack([base[b] - norms[b] for b in blocks]).cpu()  # (nb, batch)
                 stats[:nb] += d.sum(1)
                 stats[nb : 2 * nb] += d.square().sum(1)
