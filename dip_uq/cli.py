@@ -85,11 +85,10 @@ def _settings(args: argparse.Namespace) -> Any:
     return Settings(**given)
 
 
-def _run_and_write(scan: Any, volume: Any, args: argparse.Namespace, title: str) -> Any:
+def _run_and_write(scan: Any, volume: Any, args: argparse.Namespace, title: str) -> None:
     """Run the pipeline on ``scan`` and write every output of ``OUTPUTS`` into ``args.out``.
 
-    Under ``torchrun`` every rank runs this; rank 0 alone writes and returns the result, the
-    others return None.
+    Under ``torchrun`` every rank runs this; rank 0 alone writes and prints the summary.
     """
     from .laplace.distributed import init_from_env
     from .outputs import save_report, write_h5, write_json, write_tiff
@@ -120,7 +119,7 @@ def _run_and_write(scan: Any, volume: Any, args: argparse.Namespace, title: str)
     if group is not None:
         group.close()
         if not main:  # every rank holds the result; rank 0 writes it
-            return None
+            return
     datasets = {"mean": result.mean, "fbp": result.fbp}
     images = {} if result.truth is None else {"truth": result.truth}
     images[f"FBP ({settings.fbp_filter})"] = result.fbp
@@ -178,7 +177,7 @@ def _run_and_write(scan: Any, volume: Any, args: argparse.Namespace, title: str)
             "notes": scan.notes,
         },
     )
-    return result
+    _print_summary(out, result, str(device))
 
 
 def _print_summary(out: Path, result: Any, device: str) -> None:
@@ -221,9 +220,7 @@ def demo(args: argparse.Namespace) -> None:
         f"dip-uq demo: {dim}D {args.phantom}, {args.geometry} beam, {args.angles} angles, "
         f"{100 * args.noise:g}% noise"
     )
-    result = _run_and_write(scan, scan.volume, args, title)
-    if result is not None:
-        _print_summary(Path(args.out), result, str(_device(args.device)))
+    _run_and_write(scan, scan.volume, args, title)
 
 
 def simulate(args: argparse.Namespace) -> None:
@@ -280,9 +277,7 @@ def reconstruct(args: argparse.Namespace) -> None:
     else:
         volume = io.default_volume(scan, size=args.size, voxel_size=args.voxel_size)
         scan = scan.replace(truth=None)  # a truth on another grid cannot be compared
-    result = _run_and_write(scan, volume, args, f"dip-uq reconstruct {Path(args.scan).name}")
-    if result is not None:
-        _print_summary(Path(args.out), result, str(_device(args.device)))
+    _run_and_write(scan, volume, args, f"dip-uq reconstruct {Path(args.scan).name}")
 
 
 def _add_scan_arguments(p: argparse.ArgumentParser) -> None:
