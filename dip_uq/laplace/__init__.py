@@ -73,6 +73,7 @@ import torch
 from ..networks import ConvWeight
 from .distributed import DistContext, all_reduce_moments, shard
 from .linearised import LinearisedNetwork
+from .preconditioner import NystromPreconditioner
 from .priors import MaternPrior, matern_half
 from .solvers import Method, SolverConfig, solve
 
@@ -82,6 +83,7 @@ __all__ = [
     "MaternPrior",
     "Method",
     "Moments",
+    "NystromPreconditioner",
     "SolverConfig",
     "matern_half",
 ]
@@ -234,6 +236,8 @@ class LinearisedLaplace:
         for b in self.prior.blocks:
             self.history[f"prior_variance/{b}"] = [self.prior.variances[b]]
         self._mode_state: torch.Tensor | None = None  # CG warm start of the mode
+        self._preconditioner_key: tuple | None = None  # hyperparameters it was built for
+        self._preconditioner_cache: NystromPreconditioner | None = None
 
     @staticmethod
     def _parts_of(rec: Any) -> tuple:
@@ -264,10 +268,28 @@ class LinearisedLaplace:
         """``(I + MᵀM / σ_y²) u`` on whitened weights ``(B, P)``."""
         return u + self._m_t(self._m(u)) / self.noise_variance
 
+    def _gram(self, a: torch.Tensor) -> torch.Tensor:
+        """``M Mᵀ a`` on flattened sinograms ``(B, m)``."""
+        return self._m(self._m_t(a.reshape(-1, *self.y.shape))).reshape(a.shape)
+
     def _dual(self, a: torch.Tensor) -> torch.Tensor:
         """``(M Mᵀ + σ_y² I) a`` on flattened sinograms ``(B, m)``."""
-        s = a.reshape(-1, *self.y.shape)
-        return (self._m(self._m_t(s)) + self.noise_variance * s).reshape(a.shape)
+        return self._gram(a) + self.noise_variance * a
+
+    def _preconditioner(self) -> NystromPreconditioner | None:
+        """The Nyström preconditioner of :meth:`_dual` for the current hyperparameters (built
+        on first use after they change), or ``None`` when ``preconditioner_rank`` is 0."""
+        rank = self.solver.preconditioner_rank
+        if rank == 0:
+            return None
+        key = (rank, self.noise_variance, tuple(sorted(self.prior.variances.items())))
+        if self._preconditioner_key != key:
+            logger.info("building the rank-%d Nyström preconditioner", min(rank, self.y.numel()))
+            self._preconditioner_cache = NystromPreconditioner.build(
+                self._gram, self.y.numel(), rank, self.noise_variance, like=self.y, seed=self.seed
+            )
+            self._preconditioner_key = key
+        return self._preconditioner_cache
 
     def _solve_dual(
         self, rhs: torch.Tensor, x0: torch.Tensor | None
@@ -282,7 +304,11 @@ class LinearisedLaplace:
         start = None if x0 is None else x0.reshape(flat.shape)
         with torch.no_grad():
             a, info = solve(
-                self._dual, flat, x0=start if start is not None else 0 * flat, config=config
+                self._dual,
+                flat,
+                x0=start if start is not None else 0 * flat,
+                config=config,
+                preconditioner=self._preconditioner(),
             )
             a = a.reshape(rhs.shape)
             return self._m_t(a), a, info

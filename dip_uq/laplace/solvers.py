@@ -36,6 +36,9 @@ class SolverConfig:
         iterations: the most iterations per solve.
         tolerance: stop once every row's relative residual ``||N u - b|| / ||b||`` is below it.
         lr: SGD step size; ``None`` takes ``1 / λ_max(N)`` (estimated by power iteration).
+        preconditioner_rank: rank of the Nyström preconditioner of the measurement-space CG
+            solves (:mod:`dip_uq.laplace.preconditioner`; built once per set of
+            hyperparameters at the cost of that many Jacobian product pairs); 0 for plain CG.
         momentum: Nesterov momentum of SGD.
         average_from: fraction of ``iterations`` after which SGD's iterates are averaged.
         progress: show a progress bar.
@@ -45,6 +48,7 @@ class SolverConfig:
     iterations: int = 300
     tolerance: float = 1e-3
     lr: float | None = None
+    preconditioner_rank: int = 200
     momentum: float = 0.9
     average_from: float = 0.5
     progress: bool = False
@@ -57,6 +61,10 @@ class SolverConfig:
             raise ValueError(f"unknown method {self.method!r}; known methods: {known}") from None
         if self.iterations < 1:
             raise ValueError(f"iterations must be at least 1, got {self.iterations}")
+        if self.preconditioner_rank < 0:
+            raise ValueError(
+                f"preconditioner_rank must be 0 (none) or more, got {self.preconditioner_rank}"
+            )
         if not self.tolerance > 0:
             raise ValueError(f"tolerance must be positive, got {self.tolerance}")
 
@@ -83,8 +91,11 @@ def solve(
     x0: torch.Tensor | None = None,
     config: SolverConfig | None = None,
     lam_max: float | None = None,
+    preconditioner: Operator | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """Solve ``N u = b`` row by row for ``b`` of shape ``(B, P)``, starting at ``x0`` (or ``b``).
+
+    ``preconditioner`` applies an approximation of ``N⁻¹`` to rows (CG only).
 
     Each row stops on its own once its relative residual is below the tolerance, and ``N`` is
     then applied to the remaining rows only: a row's result does not depend on the rows solved
@@ -106,8 +117,10 @@ def solve(
         leave=False,
     )
     if config.method is Method.CG:
-        it = _cg(normal, b, x, b_norm, config, trace, bar)
+        it = _cg(normal, b, x, b_norm, config, trace, bar, preconditioner or torch.clone)
     else:
+        if preconditioner is not None:
+            raise ValueError(f"{config.method.value} takes no preconditioner; use method='cg'")
         lam = lam_max if lam_max is not None else largest_eigenvalue(normal, b)
         lr = config.lr if config.lr is not None else 1.0 / (1.1 * lam)  # power iteration is low
         x, it = _sgd(normal, b, x, b_norm, config, lr, trace, bar)
@@ -124,12 +137,14 @@ def _cg(
     config: SolverConfig,
     trace: list[float],
     bar: tqdm,
+    preconditioner: Operator,
 ) -> int:
-    """Conjugate gradients on the rows of ``x`` (updated in place); returns the iterations."""
+    """Preconditioned conjugate gradients on the rows of ``x`` (updated in place); returns
+    the iterations."""
     tiny = torch.finfo(b.dtype).tiny
     r = b - normal(x)
-    p = r.clone()
-    rr = (r * r).sum(1)
+    p = preconditioner(r)
+    rz = (r * p).sum(1)
     active = torch.arange(b.shape[0], device=b.device)
     it = 0
     while it < config.iterations:
@@ -138,14 +153,15 @@ def _cg(
         active = active[res >= config.tolerance]
         if active.numel() == 0:
             break
-        pa, rr_a = p[active], rr[active]
+        pa, rz_a = p[active], rz[active]
         q = normal(pa)
-        alpha = rr_a / (pa * q).sum(1).clamp_min(tiny)
+        alpha = rz_a / (pa * q).sum(1).clamp_min(tiny)
         x[active] += alpha[:, None] * pa
         ra = r[active] - alpha[:, None] * q
-        rr_new = (ra * ra).sum(1)
-        p[active] = ra + (rr_new / rr_a.clamp_min(tiny))[:, None] * pa
-        r[active], rr[active] = ra, rr_new
+        za = preconditioner(ra)
+        rz_new = (ra * za).sum(1)
+        p[active] = za + (rz_new / rz_a.clamp_min(tiny))[:, None] * pa
+        r[active], rz[active] = ra, rz_new
         it += 1
         bar.update()
     return it
