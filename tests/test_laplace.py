@@ -247,7 +247,9 @@ class _LinearModel:
         )[0, 0]
 
 
-def test_em_recovers_known_prior_and_noise_variances():
+@pytest.mark.parametrize("per_block", [True, False])
+def test_em_recovers_known_prior_and_noise_variances(per_block):
+    """Per block, from a start 3-25x off; shared, from the right ratio 25x too wide."""
     shape, channels = (16, 16), 12
     model = _LinearModel(channels, shape, seed=0)
     true_variances = {"a": 0.04, "b": 0.3}
@@ -274,12 +276,14 @@ def test_em_recovers_known_prior_and_noise_variances():
         operator=A,
         y=y,
         noise_variance=1.0,
-        prior_variance=1.0,  # far from the truth
+        prior_variance=1.0 if per_block else {b: 25 * v for b, v in true_variances.items()},
         # 300 CG steps solve the mode: with 150 the σ_y² estimate jumped between 0.6 and 3.7
         # from step to step, and float32 round-off decided where it ended
         solver=SolverConfig(iterations=300, tolerance=1e-4),
     )
-    history = lap.fit_hyperparameters(em_steps=10, n_samples=16, fit_noise=True)
+    history = lap.fit_hyperparameters(
+        em_steps=10, n_samples=16, per_block=per_block, fit_noise=True
+    )
     assert len(history["noise_variance"]) == 11
     # 108 weights per block: the variance of one draw is known to ~±14% (1σ)
     for block, value in true_variances.items():

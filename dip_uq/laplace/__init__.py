@@ -14,11 +14,18 @@ covariance is ``J Σ_θ Jᵀ`` with ``Σ_θ = (Σ⁻¹ + Jᵀ Aᵀ A J / σ_y²)
 is an exact zero-mean posterior sample (its covariance is ``(I + MᵀM/σ_y²)⁻¹``); ``J Σ^{1/2} u``
 is the image sample. This "noise in the regulariser" form has the same minimiser as
 ``||M u - σ_y e₀||²/σ_y² + ||u - u₀||²`` with a lower-variance gradient. All samples are
-optimised together; see :mod:`dip_uq.laplace.solvers` for the methods.
+optimised together; see :mod:`dip_uq.laplace.solvers` for the methods. The default, CG on
+the measurement-space form, is preconditioned by a randomised Nyström approximation of
+``M Mᵀ`` (:mod:`dip_uq.laplace.preconditioner`), built once per set of hyperparameters:
+without it the 60–300 iterations we could afford left the samples close to the prior and
+the std several times too wide (a 32² DIP needed 1203 plain CG iterations to a relative
+residual of 1e-3, 58 with rank 200).
 
 **Hyperparameters (sample-based EM, MacKay updates).** E-step: the linear model's mode
 ``û`` solves ``(I + MᵀM/σ_y²) û = Mᵀ r / σ_y²`` with ``r = y - A f(θ*) + A J θ*``; posterior
-samples ``u_k`` as above. M-step, per block ``b`` with ``n_b`` weights: the effective dimension
+samples ``u_k`` as above. M-step, for a block ``b`` with ``n_b`` weights (or, by default,
+for all blocks together: one factor on every ``σ_b²``, see :meth:`fit_hyperparameters`):
+the effective dimension
 ``γ_b = n_b - E||u_{k,b}||²`` (``= n_b - E[ζ_bᵀ Σ_b⁻¹ ζ_b]`` in weight space), estimated as
 ``mean_k (||u₀_{k,b}||² - ||u_{k,b}||²)`` with each sample's own base noise ``u₀`` as control
 variate (same mean, since ``E||u₀_b||² = n_b``; without it the estimate carries the noise of
@@ -276,9 +283,10 @@ class LinearisedLaplace:
         """``(M Mᵀ + σ_y² I) a`` on flattened sinograms ``(B, m)``."""
         return self._gram(a) + self.noise_variance * a
 
-    def _preconditioner(self) -> NystromPreconditioner | None:
-        """The Nyström preconditioner of :meth:`_dual` for the current hyperparameters (built
-        on first use after they change), or ``None`` when ``preconditioner_rank`` is 0."""
+    def preconditioner(self) -> NystromPreconditioner | None:
+        """The Nyström preconditioner of the CG solves for the current hyperparameters (built
+        here on first use after they change: ``preconditioner_rank`` products with
+        ``M Mᵀ``), or ``None`` when ``SolverConfig.preconditioner_rank`` is 0."""
         rank = self.solver.preconditioner_rank
         if rank == 0:
             return None
@@ -308,7 +316,7 @@ class LinearisedLaplace:
                 flat,
                 x0=start if start is not None else 0 * flat,
                 config=config,
-                preconditioner=self._preconditioner(),
+                preconditioner=self.preconditioner(),
             )
             a = a.reshape(rhs.shape)
             return self._m_t(a), a, info
@@ -537,10 +545,22 @@ class LinearisedLaplace:
         n_samples: int = 16,
         *,
         batch: int | None = None,
+        per_block: bool = False,
         fit_noise: bool = False,
         progress: bool = False,
     ) -> dict[str, list]:
-        """Tune ``σ_b²`` per block and ``σ_y²`` by sample-based EM (see the module docstring).
+        """Tune the prior variances (and ``σ_y²``) by sample-based EM (see the module docstring).
+
+        By default (``per_block=False``) EM fits one factor ``s`` that scales every block's
+        variance, ``σ_b² ← s σ_b²``, with ``s = Σ_b ||û_b||² / Σ_b γ_b``: the evidence picks
+        the prior's overall scale and the blocks keep their relative scales (those of the
+        fitted weights). ``per_block=True`` makes the MacKay update of every ``σ_b²`` on its
+        own. That has more freedom than one DIP scan supports: with exact dense solves on
+        a 32² DIP (5 % noise; the network fitted for 1500 / 4000 steps) fifteen per-block
+        steps drove some blocks' variances to 1e-6 / 4e-9 of their start, and the std's 90 %
+        interval covered 59 % / 74 % of the voxels (test log-likelihood 1.4 / 5.5 nats per
+        voxel); the shared scale settled within three steps and covered 74 % / 89 % (4.2 /
+        6.1 nats).
 
         By default (``fit_noise=False``) ``σ_y²`` keeps its current value (with a DIP, the
         DIP's noise estimate) and EM tunes the prior only; ``fit_noise=True`` adds the
@@ -568,10 +588,10 @@ class LinearisedLaplace:
         mine = self._batches(n_samples, batch)
         states: list[torch.Tensor | None] = [None] * len(mine)  # warm starts, per batch
         for _ in tqdm(range(em_steps), desc="EM", disable=not progress):
-            # [Σ_k d_k,b | Σ_k d_k,b² | ||û_b||² (per block each) | ||r - M û||²] with
-            # d_k,b = ||u₀_k,b||² - ||u_k,b||², float64; ranks other than 0 leave the mode's
-            # entries at 0 for the sum
-            stats = torch.zeros(3 * nb + 1, dtype=torch.float64)
+            # [Σ_k d_k,b | Σ_k d_k,b² | ||û_b||² (per block each) | Σ_k (Σ_b d_k,b)² |
+            # ||r - M û||²] with d_k,b = ||u₀_k,b||² - ||u_k,b||², float64; ranks other than 0
+            # leave the mode's entries at 0 for the sum
+            stats = torch.zeros(3 * nb + 2, dtype=torch.float64)
             for i, (start, stop) in enumerate(mine):
                 samples, info = self.sample_weights(stop - start, start=start, x0=states[i])
                 states[i] = info["state"]
@@ -583,6 +603,7 @@ class LinearisedLaplace:
                 d = torch.stack([base[b] - norms[b] for b in blocks]).cpu()  # (nb, batch)
                 stats[:nb] += d.sum(1)
                 stats[nb : 2 * nb] += d.square().sum(1)
+                stats[-2] += d.sum(0).square().sum()
             if self.group is None or self.group.rank == 0:
                 # the mode is one deterministic solve: the other ranks would only repeat it
                 u_hat = self.mode()
@@ -593,18 +614,29 @@ class LinearisedLaplace:
                 stats[-1] = float(misfit.double().square().sum())
             if self.group is not None:
                 stats = self.group.all_reduce_sum(stats, "all-reduce of the EM statistics")
-            gammas, new_variances, capped = {}, {}, set()
+            gammas = {}
             for i, b in enumerate(blocks):
                 n_b = self.prior.block_sizes[b]
-                gamma = float(stats[i]) / n_samples
-                spread = max(float(stats[nb + i]) / n_samples - gamma**2, 0.0)
-                gammas[b] = min(max(gamma, _MIN_GAMMA_FRACTION * n_b), n_b)
-                if gamma > _GAMMA_SIGNIFICANCE * math.sqrt(spread / n_samples):
-                    new_variances[b] = (
-                        self.prior.variances[b] * float(stats[2 * nb + i]) / gammas[b]
+                gammas[b] = min(max(float(stats[i]) / n_samples, _MIN_GAMMA_FRACTION * n_b), n_b)
+            if per_block:
+                factors = {
+                    b: self._em_factor(
+                        stats[i], stats[nb + i], stats[2 * nb + i], gammas[b], n_samples
                     )
-                else:  # γ_b is lost in its Monte-Carlo error: an update would be noise
-                    new_variances[b] = self.prior.variances[b]
+                    for i, b in enumerate(blocks)
+                }
+            else:
+                shared = self._em_factor(
+                    stats[:nb].sum(),
+                    stats[-2],
+                    stats[2 * nb : 3 * nb].sum(),
+                    sum(gammas.values()),
+                    n_samples,
+                )
+                factors = dict.fromkeys(blocks, shared)
+            new_variances, capped = {}, set()
+            for b in blocks:
+                new_variances[b] = self.prior.variances[b] * factors[b]
                 cap = _MAX_VARIANCE_GROWTH * self.history[f"prior_variance/{b}"][0]
                 if new_variances[b] > cap:
                     capped.add(b)
@@ -632,6 +664,23 @@ class LinearisedLaplace:
                 self.history[f"prior_variance/{b}"].append(new_variances[b])
                 self.history.setdefault(f"gamma/{b}", []).append(gammas[b])
         return self.history
+
+    @staticmethod
+    def _em_factor(
+        d_sum: torch.Tensor,
+        d_sqsum: torch.Tensor,
+        mode_sqnorm: torch.Tensor,
+        gamma: float,
+        n_samples: int,
+    ) -> float:
+        """The M-step's factor on the variances of a set of blocks, ``||û||² / γ``, from the
+        samples' sums ``Σ_k d_k`` and ``Σ_k d_k²`` (``d_k`` the control-variate estimates of
+        ``γ``); 1 (no update) when ``γ`` is lost in its Monte-Carlo error."""
+        mean = float(d_sum) / n_samples
+        spread = max(float(d_sqsum) / n_samples - mean**2, 0.0)
+        if mean > _GAMMA_SIGNIFICANCE * math.sqrt(spread / n_samples):
+            return float(mode_sqnorm) / gamma
+        return 1.0
 
     def state_dict(self) -> dict[str, Any]:
         """The hyperparameters, their :attr:`history` and the mode's warm start: what
