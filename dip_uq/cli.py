@@ -394,6 +394,19 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser, demo: bool) -> None:
         help="conjugate-gradient iterations per sampling solve (default: %(default)s)",
     )
     p.add_argument(
+        "--preconditioner-rank",
+        type=int,
+        default=200,
+        help="rank of the Nyström preconditioner of the CG solves; 0 for plain CG "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--em-per-block",
+        action="store_true",
+        help="let EM fit every U-Net block's prior variance on its own (default: one scale "
+        "for all blocks, which is steadier)",
+    )
+    p.add_argument(
         "--fit-noise",
         action="store_true",
         help="let EM update the noise variance too (default: keep the DIP's estimate from "

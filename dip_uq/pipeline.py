@@ -62,7 +62,11 @@ class Settings:
         samples: posterior samples for the std map (and per EM step).
         em_steps: EM steps for the Laplace hyperparameters (0 keeps the initial values).
         cg_iterations: conjugate-gradient iterations per sampling solve.
+        preconditioner_rank: rank of the Nyström preconditioner of those solves (0: none);
+            see :class:`dip_uq.laplace.NystromPreconditioner`.
         batch: samples solved together (memory grows with it); ``None``: all at once.
+        em_per_block: let EM fit every block's prior variance on its own instead of one
+            scale for all (see :meth:`dip_uq.LinearisedLaplace.fit_hyperparameters`).
         fit_noise: let EM update the noise variance too; by default it stays at the DIP's
             estimate from the data (see :meth:`dip_uq.LinearisedLaplace.fit_hyperparameters`
             for why).
@@ -78,7 +82,9 @@ class Settings:
     samples: int = 16
     em_steps: int = 5
     cg_iterations: int = 100
+    preconditioner_rank: int = 200
     batch: int | None = None
+    em_per_block: bool = False
     fit_noise: bool = False
     seed: int = 0
     fbp_filter: str = "hann"
@@ -92,8 +98,9 @@ class Settings:
         for name, least in (("samples", 2), ("cg_iterations", 1)):
             if getattr(self, name) < least:
                 raise ValueError(f"{name} must be at least {least}, got {getattr(self, name)}")
-        if self.em_steps < 0:
-            raise ValueError(f"em_steps must be 0 or more, got {self.em_steps}")
+        for name in ("em_steps", "preconditioner_rank"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
 
 
 @dataclass
@@ -200,7 +207,9 @@ def _laplace(
         rec,
         y=y,
         seed=settings.seed,
-        solver=SolverConfig(iterations=settings.cg_iterations),
+        solver=SolverConfig(
+            iterations=settings.cg_iterations, preconditioner_rank=settings.preconditioner_rank
+        ),
         group=group,
     )
     main = group is None or group.is_main
@@ -219,7 +228,11 @@ def _laplace(
     # one EM step per call, so that a resumed run repeats exactly what an uninterrupted one does
     for step in tqdm(range(done, settings.em_steps), desc="EM", disable=not progress):
         lap.fit_hyperparameters(
-            1, n_samples=settings.samples, batch=settings.batch, fit_noise=settings.fit_noise
+            1,
+            n_samples=settings.samples,
+            batch=settings.batch,
+            per_block=settings.em_per_block,
+            fit_noise=settings.fit_noise,
         )
         if checkpoint is not None and main:  # every rank holds the same state
             state = {

@@ -67,6 +67,15 @@ def test_config_file_sets_defaults_and_the_command_line_wins(tmp_path):
     assert _parse(["demo", "--config", str(toml)]).cg_iterations == 12
 
 
+def test_solver_and_em_options_reach_the_settings():
+    from dip_uq.cli import _parse, _settings
+
+    default = _settings(_parse(["reconstruct", "scan.h5"]))
+    assert (default.preconditioner_rank, default.em_per_block) == (200, False)
+    args = _parse(["reconstruct", "scan.h5", "--preconditioner-rank", "0", "--em-per-block"])
+    assert (_settings(args).preconditioner_rank, _settings(args).em_per_block) == (0, True)
+
+
 def test_bad_config_is_a_one_line_error(tmp_path, capsys):
     config = tmp_path / "bad.json"
     config.write_text(json.dumps({"emsteps": 7}))
