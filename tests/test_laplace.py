@@ -133,6 +133,28 @@ def test_cg_converges_towards_the_exact_samples_at_the_true_noise_level(tiny):
     assert error(5, rank=96) < 1e-3
 
 
+def test_preconditioner_follows_a_common_prior_scale_and_the_noise_without_a_rebuild(tiny):
+    parts, noise_variance = tiny
+    lap = LinearisedLaplace(**parts, noise_variance=noise_variance)
+    lap.solver = SolverConfig(preconditioner_rank=32)
+    first = lap.preconditioner()
+    lap.prior.variances = {b: 3.0 * v for b, v in lap.prior.variances.items()}
+    lap.noise_variance *= 2
+    scaled = lap.preconditioner()
+    assert scaled.basis is first.basis and scaled.shift == lap.noise_variance
+    # a sketch of M Mᵀ at the new variances: the same eigenpairs up to round-off
+    fresh = NystromPreconditioner.build(
+        lap._gram, lap.y.numel(), 32, lap.noise_variance, like=lap.y, seed=lap.seed
+    )
+    torch.testing.assert_close(scaled.eigenvalues, fresh.eigenvalues, rtol=1e-3, atol=0)
+    v = torch.randn(4, lap.y.numel(), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(scaled(v), fresh(v), rtol=1e-3, atol=1e-3 * float(v.abs().max()))
+    # block variances changed relative to each other: rebuilt
+    block = lap.prior.blocks[1]
+    lap.prior.variances = {**lap.prior.variances, block: 10 * lap.prior.variances[block]}
+    assert lap.preconditioner().basis is not first.basis
+
+
 def test_nystrom_preconditioner_recovers_a_low_rank_spectrum():
     g = torch.Generator().manual_seed(0)
     m, rank, shift = 60, 8, 1e-3

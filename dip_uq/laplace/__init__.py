@@ -243,8 +243,9 @@ class LinearisedLaplace:
         for b in self.prior.blocks:
             self.history[f"prior_variance/{b}"] = [self.prior.variances[b]]
         self._mode_state: torch.Tensor | None = None  # CG warm start of the mode
-        self._preconditioner_key: tuple | None = None  # hyperparameters it was built for
-        self._preconditioner_cache: NystromPreconditioner | None = None
+        # (rank, prior variances relative to the first block's, preconditioner) of the last
+        # build
+        self._preconditioner_built: tuple[int, dict, NystromPreconditioner] | None = None
 
     @staticmethod
     def _parts_of(rec: Any) -> tuple:
@@ -284,20 +285,40 @@ class LinearisedLaplace:
         return self._gram(a) + self.noise_variance * a
 
     def preconditioner(self) -> NystromPreconditioner | None:
-        """The Nyström preconditioner of the CG solves for the current hyperparameters (built
-        here on first use after they change: ``preconditioner_rank`` products with
-        ``M Mᵀ``), or ``None`` when ``SolverConfig.preconditioner_rank`` is 0."""
+        """The Nyström preconditioner of the CG solves for the current hyperparameters, or
+        ``None`` when ``SolverConfig.preconditioner_rank`` is 0.
+
+        Building it costs ``preconditioner_rank`` products with ``M Mᵀ``; it is rebuilt only
+        when the blocks' prior variances change relative to each other. ``M Mᵀ`` is
+        ``Σ_b σ_b² A J_b K_b J_bᵀ Aᵀ``, so one factor on every ``σ_b²`` (the default EM)
+        scales its eigenvalues by that factor, and ``σ_y²`` is the shift alone: both are
+        applied to the stored eigenpairs exactly, for free.
+        """
         rank = self.solver.preconditioner_rank
         if rank == 0:
             return None
-        key = (rank, self.noise_variance, tuple(sorted(self.prior.variances.items())))
-        if self._preconditioner_key != key:
+        # built for the variances relative to the first block's, so that the same relative
+        # variances give the same preconditioner whatever the history (a resumed EM too)
+        variances = self.prior.variances
+        scale = variances[self.prior.blocks[0]]
+        relative = {b: v / scale for b, v in variances.items()}
+        built = self._preconditioner_built
+        if not (
+            built is not None
+            and built[0] == rank
+            and all(math.isclose(relative[b], built[1][b], rel_tol=1e-9) for b in relative)
+        ):
             logger.info("building the rank-%d Nyström preconditioner", min(rank, self.y.numel()))
-            self._preconditioner_cache = NystromPreconditioner.build(
-                self._gram, self.y.numel(), rank, self.noise_variance, like=self.y, seed=self.seed
-            )
-            self._preconditioner_key = key
-        return self._preconditioner_cache
+            self.prior.variances = relative
+            try:
+                pre = NystromPreconditioner.build(
+                    self._gram, self.y.numel(), rank, 1.0, like=self.y, seed=self.seed
+                )
+            finally:
+                self.prior.variances = variances
+            built = self._preconditioner_built = (rank, relative, pre)
+        pre = built[2]
+        return NystromPreconditioner(pre.basis, pre.eigenvalues * scale, self.noise_variance)
 
     def _solve_dual(
         self, rhs: torch.Tensor, x0: torch.Tensor | None
