@@ -146,16 +146,21 @@ def _cg(
     p = preconditioner(r)
     rz = (r * p).sum(1)
     active = torch.arange(b.shape[0], device=b.device)
+    broken = torch.zeros(b.shape[0], dtype=torch.bool, device=b.device)
     it = 0
     while it < config.iterations:
         res = _residual_norms(r[active], b_norm[active])
         trace.append(float(res.max()))
-        active = active[res >= config.tolerance]
+        active = active[(res >= config.tolerance) & ~broken[active]]
         if active.numel() == 0:
             break
         pa, rz_a = p[active], rz[active]
         q = normal(pa)
-        alpha = rz_a / (pa * q).sum(1).clamp_min(tiny)
+        curvature = (pa * q).sum(1)
+        # round-off can make a direction look non-positive; that row stops where it is
+        # rather than take an infinite step (its residual is reported as it is)
+        broken[active] = ~(curvature > 0) | ~(rz_a > 0)
+        alpha = torch.where(broken[active], 0.0, rz_a / curvature.clamp_min(tiny))
         x[active] += alpha[:, None] * pa
         ra = r[active] - alpha[:, None] * q
         za = preconditioner(ra)
