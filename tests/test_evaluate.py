@@ -16,7 +16,8 @@ from dip_uq.simulate import SCAN_ATTENUATION, simulate_scan
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """The ``tiny`` suite (32² Shepp-Logan, 30 parallel-beam angles over 180°, 5 % noise,
-    16-channel U-Net, 400 DIP steps, 3 EM cycles), every method, run once for the tests."""
+    16-channel U-Net, the DIP's default 2000 steps, 3 EM cycles), every method, run once for
+    the tests."""
     out = tmp_path_factory.mktemp("tiny")
     rows = run_suite("tiny", out, device="cpu")
     return out, {row["method"]: row for row in rows}
@@ -49,10 +50,19 @@ def test_laplace_after_em_has_a_higher_test_log_likelihood_than_mc_dropout(tiny)
     assert laplace["tll_1"] > dropout["tll_1"], (laplace, dropout)
 
 
+def test_laplace_before_em_covers_its_90_percent_interval(tiny):
+    """The Laplace std at its initial hyperparameters (σ_y² from the DIP's noise estimate,
+    prior variances from the scale of the fitted weights) is calibrated on the tiny case:
+    measured 0.94."""
+    _, rows = tiny
+    assert 0.8 <= rows["laplace"]["coverage_0.9"] <= 0.98, rows["laplace"]
+
+
 @pytest.mark.xfail(
     strict=True,
-    reason="known: the Laplace std is too wide here (90 % interval covers 0.996 of the "
-    "voxels; 0.97 with 300 CG iterations), see the issue 6 notes",
+    reason="known: EM shrinks the prior and the std becomes overconfident on this case "
+    "(90 % interval covers 0.76 of the voxels, 0.94 before EM; exact dense solves agree), "
+    "see the issue 6 notes",
 )
 def test_laplace_after_em_covers_its_90_percent_interval(tiny):
     """Issue 6's acceptance test, second half: 90 % coverage within [0.8, 0.98]."""
