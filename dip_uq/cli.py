@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .pipeline import METHODS, UQ_METHODS
+from .pipeline import METHODS, UQ_METHODS, Settings
 from .simulate import PHANTOMS, SCAN_GEOMETRIES
 
 __all__ = ["main"]
@@ -79,8 +79,6 @@ OUTPUTS = ["reconstruction.h5", "mean.tif", "std.tif", "report.png", "run.json"]
 
 def _settings(args: argparse.Namespace) -> Any:
     """The pipeline settings that the command line sets (the others keep their defaults)."""
-    from .pipeline import Settings
-
     given = {f.name: getattr(args, f.name) for f in fields(Settings) if hasattr(args, f.name)}
     return Settings(**given)
 
@@ -383,26 +381,26 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser, demo: bool) -> None:
     p.add_argument(
         "--samples",
         type=int,
-        default=16,
+        default=Settings.samples,
         help="posterior samples for the std map and per EM step (default: %(default)s)",
     )
     p.add_argument(
         "--em-steps",
         type=int,
-        default=0,
+        default=Settings.em_steps,
         help="EM steps for the prior's scale (default: %(default)s, the scale of the fitted "
         "weights, which was the better calibrated in our tests)",
     )
     p.add_argument(
         "--cg-iterations",
         type=int,
-        default=100,
+        default=Settings.cg_iterations,
         help="conjugate-gradient iterations per sampling solve (default: %(default)s)",
     )
     p.add_argument(
         "--preconditioner-rank",
         type=int,
-        default=200,
+        default=Settings.preconditioner_rank,
         help="rank of the Nyström preconditioner of the CG solves; 0 for plain CG "
         "(default: %(default)s)",
     )
