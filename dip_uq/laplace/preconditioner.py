@@ -10,7 +10,9 @@ Nyström preconditioning", SIAM J. Matrix Anal. Appl. 44, 2023) gives the precon
     P⁻¹ = (λ_r + μ) U (Λ + μ I)⁻¹ Uᵀ + (I - U Uᵀ),
 
 which maps the top ``r`` eigenvalues of the system onto about ``λ_r + μ`` and leaves the
-rest alone: the condition number falls from ``(λ_1 + μ)/μ`` to about ``(λ_r + μ)/μ``.
+rest alone: the condition number falls from ``(λ_1 + μ)/μ`` to about ``(λ_r + μ)/μ`` (to at
+most ``1e-5 (λ_1 + μ)/μ`` where float32 needs a floor, see
+:meth:`NystromPreconditioner.__call__`).
 Building it costs ``r`` products with ``M Mᵀ`` (done in batches) and is shared by all the
 samples, and by the mode, of one set of hyperparameters.
 """
