@@ -208,7 +208,7 @@ _SMALL_CASES = (
 SUITES: dict[str, Suite] = {
     # the tests: the small suite's 2D sparse-view case at 5 % noise, about 1 minute on one core
     "tiny": Suite("tiny", (_SMALL_CASES[1],), _SMALL),
-    # 2-core CPU: 31 minutes measured (idle, 2 threads), 19 of them in the two 3D cases (the
+    # 2-core CPU: 31 minutes measured (idle, 2 threads), 24 of them in the two 3D cases (the
     # DIPs run their default iterations: 5200 at 1 % noise)
     "small": Suite("small", _SMALL_CASES, _SMALL),
     # one GPU
