@@ -143,11 +143,12 @@ class Settings:
 
     Attributes:
         dip_iterations: Adam steps of every DIP fit (Laplace, MC-dropout, SGLD alike);
-            ``None`` for the DIP's default for the noise level
-            (:func:`dip_uq.dip.default_iterations`: 2000 at 5 %, 6200 at 1 %), as a user
-            would run it. (Fewer steps leave the DIP short of the data: with 400 on the tiny
-            case its PSNR was 18.8 dB against 24.5 dB, and the Laplace std, which describes
-            the uncertainty about a fitted network, covered 72 % of its 90 % interval.)
+            ``None`` for the DIP's default for its estimate of the noise level
+            (:func:`dip_uq.dip.default_iterations`; 2000 for the suites' 5 % cases, 5200 for
+            their 1 % cases), as a user would run it. (Fewer steps leave the DIP short of the
+            data: with 400 on the tiny case its PSNR was 18.8 dB against 24.5 dB, and the
+            Laplace std, which describes the uncertainty about a fitted network, covered 72 %
+            of its 90 % interval.)
         channels: U-Net channels per scale (``UNet.default_for(shape, channels=...)``);
             ``None`` for the default width (128 in 2D, 32 in 3D).
         n_samples: posterior samples per method for the std and the metrics.

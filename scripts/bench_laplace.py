@@ -303,7 +303,7 @@ def run_convergence(args: argparse.Namespace) -> list[dict[str, Any]]:
     def samples(config: SolverConfig) -> tuple[torch.Tensor, float]:
         lap.solver = config
         if config.method == "cg":
-            lap.preconditioner()  # built once per rank: the speed part times it
+            lap.preconditioner()  # built once per preconditioner rank; the speed part times it
         start = time.perf_counter()
         out = lap.sample(args.convergence_samples)
         return out, time.perf_counter() - start
