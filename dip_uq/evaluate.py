@@ -23,9 +23,10 @@ Suites (:data:`SUITES`): ``tiny`` (one 32² case of ``small``; the tests), ``sma
 sparse-view and limited-angle scans at 1 % and 5 % noise, Shepp-Logan and random-ellipse
 phantoms, parallel beam in 2D and cone beam in 3D.
 
-:func:`run_suite` writes ``results.csv``, ``results.md`` and, per case, a calibration plot
-(expected vs observed coverage of central intervals) and a reliability plot (RMSE of the
-mean against the predicted std, in bins of the std) to its output directory.
+:func:`run_suite` (on the command line ``dip-uq evaluate``) writes ``results.csv``,
+``results.md`` and, per case, a calibration plot (expected vs observed coverage of central
+intervals) and a reliability plot (RMSE of the mean against the predicted std, in bins of the
+std) to its output directory.
 """
 
 from __future__ import annotations
@@ -393,7 +394,11 @@ def markdown_table(rows: Sequence[dict[str, Any]], tll_patch: int = 2) -> str:
 
 
 def _plot_case(case: Case, outputs: dict[str, _Output], truth: torch.Tensor, out_dir: Path):
-    """Calibration and reliability plots of one case, one curve per method with a std."""
+    """Calibration and reliability plots of one case, one curve per method with a std (none
+    when no method has one)."""
+    outputs = {name: out for name, out in outputs.items() if out.std is not None}
+    if not outputs:
+        return
     import matplotlib
 
     matplotlib.use("Agg")
@@ -404,8 +409,6 @@ def _plot_case(case: Case, outputs: dict[str, _Output], truth: torch.Tensor, out
     fig, (ax_cal, ax_rel) = plt.subplots(1, 2, figsize=(10, 4.5))
     truth = truth.detach().cpu().float()
     for name, out in outputs.items():
-        if out.std is None:
-            continue
         mean, std = out.mean.detach().cpu().float(), out.std.detach().cpu().float()
         expected, observed = metrics.calibration_curve(mean, std, truth)
         plots.calibration_plot(ax_cal, expected, observed, label=name)
@@ -427,6 +430,15 @@ def _write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
         writer.writerows(rows)
 
 
+def _read_csv(path: Path) -> list[dict[str, Any]]:
+    """The rows :func:`_write_csv` wrote, numbers as floats (empty cells dropped)."""
+    with open(path, newline="") as handle:
+        return [
+            {k: v if k in ("case", "method") else float(v) for k, v in row.items() if v != ""}
+            for row in csv.DictReader(handle)
+        ]
+
+
 def run_suite(
     name: str | Suite,
     out_dir: str | Path,
@@ -436,6 +448,7 @@ def run_suite(
     methods: Sequence[str] = METHODS,
     cases: Sequence[str] | None = None,
     progress: bool = False,
+    resume: bool = False,
 ) -> list[dict[str, Any]]:
     """Run a suite and write ``results.csv``, ``results.md`` and the plots to ``out_dir``.
 
@@ -447,13 +460,17 @@ def run_suite(
         backend: projector backend (``"auto"``, ``"torch"``, ``"astra"``).
         methods: a subset of :data:`METHODS`.
         cases: names of the cases to run (default all).
-        progress: progress bars.
+        progress: progress bars (cases, and the fits within each).
+        resume: keep the rows of the cases that ``out_dir/results.csv`` already holds for
+            every method asked for (an interrupted run's finished cases) and run the others.
 
     Returns:
         One dict per case and method: ``case``, ``method``, ``psnr``, ``ssim``,
         ``coverage_0.5`` / ``0.9`` / ``0.95``, ``tll_1``, ``tll_patch``, ``spearman``,
         ``mean_std``, ``rmse``, ``seconds`` (and ``noise_variance`` for the Laplace rows).
     """
+    from tqdm.auto import tqdm
+
     suite = SUITES[name] if isinstance(name, str) and name in SUITES else name
     if not isinstance(suite, Suite):
         raise ValueError(f"unknown suite {name!r}; known suites: {', '.join(SUITES)}")
@@ -463,9 +480,18 @@ def run_suite(
         raise ValueError(f"suite {suite.name!r} has no cases {missing}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    done: dict[str, list[dict[str, Any]]] = {}
+    if resume and (out / "results.csv").exists():
+        for row in _read_csv(out / "results.csv"):
+            done.setdefault(row["case"], []).append(row)
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
-    for case in selected:
+    for case in tqdm(selected, desc="cases", unit="case", disable=not progress):
+        finished = {r["method"]: r for r in done.get(case.name, [])}
+        if all(m in finished for m in methods):
+            logger.info("evaluate: case %s is in %s already", case.name, out / "results.csv")
+            rows += [finished[m] for m in methods]
+            continue
         logger.info("evaluate: case %s (%s)", case.name, asdict(case))
         case_rows, outputs, truth = evaluate_case(
             case,

@@ -220,3 +220,19 @@ def test_torchrun_with_two_processes_matches_one_process(tmp_path):
             np.testing.assert_array_equal(two["mean"][()], one["mean"][()])
             np.testing.assert_allclose(two["std"][()], one["std"][()], rtol=1e-5)
     assert not list((tmp_path / "two").glob(".*"))  # no temporary or stray files
+
+
+def test_evaluate_writes_the_table_refuses_to_overwrite_and_resumes(tmp_path, capsys):
+    out = tmp_path / "eval"
+    args = ["evaluate", "--suite", "tiny", "--methods", "fbp", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    assert "| 2d32-shepp-logan-sparse30-5% | fbp | 16.35 |" in capsys.readouterr().out
+    before = (out / "results.csv").read_bytes()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--resume" in err and "--overwrite" in err and err.count("\n") == 1
+    assert main([*args, "--resume"]) == 0
+    assert "| fbp | 16.35 |" in capsys.readouterr().out
+    assert (out / "results.csv").read_bytes() == before
+    assert main([*args, "--overwrite", "--cases", "nope"]) == 2  # a case the suite lacks
+    assert "suite 'tiny' has no cases ['nope']" in capsys.readouterr().err

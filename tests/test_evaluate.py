@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dip_uq.evaluate import METHODS, SUITES, Case, markdown_table, run_suite
+from dip_uq.evaluate import METHODS, SUITES, Case, Suite, markdown_table, run_suite
 from dip_uq.metrics import summary
 from dip_uq.simulate import SCAN_ATTENUATION, simulate_scan
 
@@ -113,3 +113,33 @@ def test_cases_are_validated_and_suites_are_fixed():
     assert {c.geometry for c in small if c.dim == 3} == {"cone"}
     assert {c.noise for c in small} == {0.01, 0.05}
     assert {c.arc for c in small} >= {90, 180}
+
+
+def test_resume_keeps_the_finished_cases_and_runs_the_rest(tmp_path, monkeypatch):
+    import dip_uq.evaluate as evaluate
+
+    cases = tuple(Case(f"c{i}", 2, 16, 8, 180, 0.05, seed=i) for i in range(2))
+    suite = Suite("two", cases, SUITES["tiny"].settings)
+    first = run_suite(suite, tmp_path, methods=["fbp"], cases=["c0"])
+    ran = []
+    real = evaluate.evaluate_case
+
+    def record(case, *args, **kwargs):
+        ran.append(case.name)
+        return real(case, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "evaluate_case", record)
+    rows = run_suite(suite, tmp_path, methods=["fbp"], resume=True)
+    assert ran == ["c1"]  # c0 came from results.csv
+    assert [r["case"] for r in rows] == ["c0", "c1"]
+    assert rows[0]["psnr"] == pytest.approx(first[0]["psnr"], rel=1e-12)
+    assert math.isnan(rows[0]["tll_1"])
+    with open(tmp_path / "results.csv") as handle:
+        assert [r["case"] for r in csv.DictReader(handle)] == ["c0", "c1"]
+
+    def stop(case, *args, **kwargs):
+        raise RuntimeError(f"ran {case.name}")
+
+    monkeypatch.setattr(evaluate, "evaluate_case", stop)
+    with pytest.raises(RuntimeError, match="ran c0"):  # its laplace row is missing: run again
+        run_suite(suite, tmp_path, methods=["fbp", "laplace"], resume=True)
