@@ -556,7 +556,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "limited-angle, 1 % and 5 % noise) through FBP, DIP with the linearised Laplace "
         "(before and after EM), MC dropout and SGLD; write results.csv, results.md and a "
         "calibration plot per case to --out. 'small' takes about 15 minutes on 2 CPU cores, "
-        "'full' is for a GPU, 'tiny' is the tests' one case.",
+        "'full' is for a GPU, 'tiny' holds the tests' two cases.",
     )
     p.add_argument("--suite", choices=list(SUITES), default="small", help="(default: %(default)s)")
     p.add_argument(

@@ -203,7 +203,9 @@ def speed_case(
         measured = {}
         for iterations in (k, 3 * k):
             lap.solver = SolverConfig(iterations=iterations, tolerance=1e-30)
-            measured[iterations] = timed(lambda n=n_samples: lap.std(n), device)
+            measured[iterations] = timed(
+                lambda n=n_samples: lap.std(n, batch=args.std_batch), device
+            )
         per_iteration = (measured[3 * k][0] - measured[k][0]) / (2 * k)
         fixed = max(measured[k][0] - k * per_iteration, 0.0)
         std_s = preconditioner_s + fixed + args.target_iterations * per_iteration
@@ -215,6 +217,7 @@ def speed_case(
             "chunk": lap.model.chunk,
             "batch": args.batch,
             "samples": n_samples,
+            "std_batch": args.std_batch or n_samples,
             "dip_step_s": dip_step,
             "fp_s": fp,
             "bp_s": bp,
@@ -248,14 +251,15 @@ def run_speed(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def speed_markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| case | params | samples | DIP step | FP / BP | J v 1 | Jᵀu 1 | preconditioner "
+        "| case | params | samples / batch | DIP step | FP / BP | J v 1 | Jᵀu 1 | preconditioner "
         "| CG it. (all samples) | std map @ N it. | peak MiB | std / J v | std / DIP step "
         "| load |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['case']} | {r['params']:,} | {r['samples']} | {r['dip_step_s']:.3f} | "
+            f"| {r['case']} | {r['params']:,} | {r['samples']} / {r['std_batch']} | "
+            f"{r['dip_step_s']:.3f} | "
             f"{r['fp_s']:.3f} / {r['bp_s']:.3f} | {r['jvp_single_s']:.3f} | "
             f"{r['vjp_single_s']:.3f} | {r['preconditioner_s']:.1f} "
             f"(rank {r['preconditioner_rank']}) | {r['cg_iteration_s']:.2f} | "
@@ -386,6 +390,12 @@ def main() -> None:
         "--cases", nargs="+", default=["cpu"], help=f"groups {list(CASE_GROUPS)} or names"
     )
     parser.add_argument("--samples", nargs="+", type=int, default=[32], help="e.g. 32 128")
+    parser.add_argument(
+        "--std-batch",
+        type=int,
+        default=None,
+        help="samples solved together in the std map (default: all); bounds the memory",
+    )
     parser.add_argument("--batch", type=int, default=8, help="vectors per batched product")
     parser.add_argument("--fit-iterations", type=int, default=5, help="DIP steps (speed)")
     parser.add_argument("--cg-iterations", type=int, default=2, help="k: runs k and 3k")
