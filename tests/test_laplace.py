@@ -49,6 +49,31 @@ def tiny():
     return tiny_problem()
 
 
+def test_jacobian_products_run_convolutions_without_tf32(tiny):
+    """torch's default TF32 convolutions on GPUs (relative error ~1e-3) would stall the
+    sampler's CG; the products switch them off and restore the setting afterwards."""
+    from dip_uq.laplace.linearised import LinearisedNetwork
+
+    parts, _ = tiny
+    conv = torch.backends.cudnn.conv
+    saved, conv.fp32_precision = conv.fp32_precision, "tf32"  # torch's default
+    seen = []
+
+    def image_fn(p):
+        seen.append(conv.fp32_precision)
+        return parts["image_fn"](p)
+
+    try:
+        net = LinearisedNetwork(image_fn, parts["params"], parts["weights"])
+        seen.clear()
+        image = net.jvp(torch.ones(2, net.n_params))
+        net.vjp(image)
+        assert seen and set(seen) == {"ieee"}
+        assert conv.fp32_precision == "tf32"
+    finally:
+        conv.fp32_precision = saved
+
+
 def test_matern_prior_matches_dense_covariance():
     net = du.UNet(dim=2, scales=2, channels=2, skip_channels=1, seed=0)
     variances = {"down_0": 2.0, "down_1": 0.5, "skip_0": 1.0, "up_0": 3.0, "out": 0.1}
