@@ -63,7 +63,7 @@ class Settings:
         em_steps: EM steps for the Laplace prior's scale; 0 (default) keeps the initial
             hyperparameters, the scale of the fitted weights and the DIP's noise estimate. On
             the small evaluation suite these were the better calibrated: the 90 % interval
-            covered 78–100 % of the voxels before EM and 62–95 % after three EM steps, which
+            covered 79–100 % of the voxels before EM and 62–95 % after three EM steps, which
             shrank the prior (see :meth:`dip_uq.LinearisedLaplace.fit_hyperparameters`).
         cg_iterations: conjugate-gradient iterations per sampling solve.
         preconditioner_rank: rank of the Nyström preconditioner of those solves (0: none);

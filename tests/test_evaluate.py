@@ -138,8 +138,8 @@ def test_cases_are_validated_and_suites_are_fixed():
         "2d32-shepp-logan-limited30-5%",
         "2d48-ellipses-sparse40-5%",
         "2d48-ellipses-limited40-5%",
-        "3d24-shepp-logan-sparse24-5%",
-        "3d24-shepp-logan-limited24-5%",
+        "3d16-shepp-logan-sparse16-5%",
+        "3d16-shepp-logan-limited16-5%",
     ]
     assert {c.dim for c in small} == {2, 3}
     assert {c.geometry for c in small if c.dim == 3} == {"cone"}
