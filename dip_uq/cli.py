@@ -332,7 +332,7 @@ def _add_device_arguments(p: argparse.ArgumentParser) -> None:
 # CPU (timings in CHANGELOG/README), sparse-view and noisy enough that the std map has work.
 DEMO_DEFAULTS = {
     2: {"size": 64, "geometry": "parallel", "angles": 30, "iterations": 1500, "channels": 32},
-    3: {"size": 24, "geometry": "cone", "angles": 24, "iterations": 600, "channels": 16},
+    3: {"size": 24, "geometry": "cone", "angles": 24, "iterations": 1500, "channels": 16},
 }
 
 
@@ -392,7 +392,7 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser, demo: bool) -> None:
         help="uncertainty for --method dip: linearised Laplace (EM with --em-steps), "
         "MC dropout, SGLD, or none (default: %(default)s)",
     )
-    demo_note = " (demo default: 1500 in 2D, 600 in 3D)" if demo else ""
+    demo_note = " (demo default: 1500)" if demo else ""
     p.add_argument(
         "--iterations",
         type=int,

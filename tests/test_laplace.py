@@ -423,6 +423,21 @@ def test_patch_tll_against_hand_computed_values():
         patch_tll(mean, samples[0], truth)
 
 
+def test_unconverged_samples_are_reported(tiny, caplog):
+    parts, _ = tiny
+    # without the preconditioner (full rank here: exact after one iteration)
+    lap = LinearisedLaplace(**parts, solver=SolverConfig(iterations=2, preconditioner_rank=0))
+    with caplog.at_level("WARNING", logger="dip_uq"):
+        lap.sample(2)
+    assert "posterior samples 0-1: the solver stopped after 2 iterations" in caplog.text
+    assert "--cg-iterations" in caplog.text
+    caplog.clear()
+    lap.solver = SolverConfig(iterations=200)  # preconditioned
+    with caplog.at_level("WARNING", logger="dip_uq"):
+        lap.sample(2)
+    assert lap.last_solve["residual"].max() < 1e-3 and not caplog.text
+
+
 def test_em_keeps_prior_variances_within_bounds_when_the_solves_are_truncated(tiny, caplog):
     """Two CG iterations leave the samples near their prior draws: EM must neither blow the
     prior variances up beyond 100x their start nor produce non-finite values."""
