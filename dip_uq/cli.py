@@ -21,7 +21,7 @@ import torch
 
 from . import __version__
 from .evaluate import METHODS as EVALUATED
-from .evaluate import SUITES
+from .evaluate import SUITES, markdown_table, run_suite
 from .pipeline import METHODS, UQ_METHODS, Settings
 from .simulate import PHANTOMS, SCAN_GEOMETRIES
 
@@ -282,8 +282,6 @@ def reconstruct(args: argparse.Namespace) -> None:
 
 def evaluate(args: argparse.Namespace) -> None:
     """Run a calibration suite of :mod:`dip_uq.evaluate` and print its table."""
-    from .evaluate import SUITES, markdown_table, run_suite
-
     out = Path(args.out)
     existing = [n for n in ("results.csv", "results.md") if (out / n).exists()]
     if existing and not (args.overwrite or args.resume):

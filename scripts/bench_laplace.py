@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import logging
 import math
 import os
 import platform
@@ -411,6 +412,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    # the solves stop at fixed iteration counts on purpose: no "unconverged" warnings
+    logging.getLogger("dip_uq").setLevel(logging.ERROR)
     if args.quick:
         args.samples, args.batch, args.repeat = [4], 2, 1
         args.convergence_fit_iterations, args.reference_iterations = 20, 60
