@@ -207,6 +207,36 @@ def test_nystrom_preconditioner_recovers_a_low_rank_spectrum():
         NystromPreconditioner.build(lambda v: v, m, 0, shift, like=gram)
 
 
+def test_a_subspace_iteration_finds_the_top_of_a_slowly_decaying_spectrum():
+    """λ_i = 1e6 / i² (DIP Jacobians decay slowly too): a plain rank-40 sketch misses the top
+    ten eigenvalues by up to 14 %, one subspace iteration (the default) finds them to 5e-4,
+    and PCG converges in fewer iterations (on DIPs: 64 instead of 223, see the docstring of
+    ``NystromPreconditioner.build``)."""
+    from dip_uq.laplace.solvers import solve
+
+    g = torch.Generator().manual_seed(0)
+    m, rank, shift = 400, 40, 1.0
+    basis = torch.linalg.qr(torch.randn(m, m, generator=g, dtype=torch.float64)).Q
+    eigenvalues = 1e6 / torch.arange(1, m + 1, dtype=torch.float64) ** 2
+    gram = basis * eigenvalues @ basis.T
+    b = torch.randn(2, m, generator=g, dtype=torch.float64)
+    config = SolverConfig(iterations=500, tolerance=1e-8)
+    iterations, errors = {}, {}
+    for power in (0, 1):
+        pre = NystromPreconditioner.build(
+            lambda v: v @ gram, m, rank, shift, like=gram, power=power
+        )
+        errors[power] = float(
+            ((pre.eigenvalues[:10] - eigenvalues[:10]) / eigenvalues[:10]).abs().max()
+        )
+        _, info = solve(
+            lambda a: a @ gram + shift * a, b, x0=0 * b, config=config, preconditioner=pre
+        )
+        iterations[power] = info["iterations"]
+    assert errors[1] < 1e-3 < errors[0], errors
+    assert iterations[1] < iterations[0], iterations  # measured 88 vs 104
+
+
 def test_sgd_sampler_converges_on_a_well_conditioned_problem(tiny):
     """SGD (Nesterov, iterate averaging) reaches the exact samples where the data term's
     curvature is mild (10⁴ x the noise variance: κ ≈ 250; measured error 1e-5 after 300

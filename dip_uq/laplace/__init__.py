@@ -293,7 +293,7 @@ class LinearisedLaplace:
         """The Nyström preconditioner of the CG solves for the current hyperparameters, or
         ``None`` when ``SolverConfig.preconditioner_rank`` is 0.
 
-        Building it costs ``preconditioner_rank`` products with ``M Mᵀ``; it is rebuilt only
+        Building it costs ``2 preconditioner_rank`` products with ``M Mᵀ``; it is rebuilt only
         when the blocks' prior variances change relative to each other. ``M Mᵀ`` is
         ``Σ_b σ_b² A J_b K_b J_bᵀ Aᵀ``, so one factor on every ``σ_b²`` (the default EM)
         scales its eigenvalues by that factor, and ``σ_y²`` is the shift alone: both are

@@ -13,8 +13,9 @@ which maps the top ``r`` eigenvalues of the system onto about ``λ_r + μ`` and 
 rest alone: the condition number falls from ``(λ_1 + μ)/μ`` to about ``(λ_r + μ)/μ`` (to at
 most ``1e-5 (λ_1 + μ)/μ`` where float32 needs a floor, see
 :meth:`NystromPreconditioner.__call__`).
-Building it costs ``r`` products with ``M Mᵀ`` (done in batches) and is shared by all the
-samples, and by the mode, of one set of hyperparameters.
+Building it costs ``2 r`` products with ``M Mᵀ`` (one subspace iteration, then the sketch;
+done in batches) and is shared by all the samples, and by the mode, of one set of
+hyperparameters.
 """
 
 from __future__ import annotations
@@ -56,9 +57,18 @@ class NystromPreconditioner:
         like: torch.Tensor,
         seed: int = 0,
         batch: int = 32,
+        power: int = 1,
     ) -> NystromPreconditioner:
         """Sketch the PSD ``operator`` (rows ``(B, size)`` to rows ``(B, size)``, without the
-        shift) with ``min(rank, size)`` Gaussian test vectors, applied ``batch`` at a time.
+        shift) with ``min(rank, size)`` Gaussian test vectors, applied ``batch`` at a time,
+        after ``power`` subspace iterations (each ``rank`` more products).
+
+        One subspace iteration pays for itself on DIP Jacobians, whose spectra decay too slowly
+        for a plain sketch to find the top eigenspace: on the 2D demo's DIP (64², 32 channels)
+        the plain rank-200 sketch put ``λ_r`` at 2.1 ``μ`` and CG stalled after 223 iterations at
+        a residual of 4e-3; with one iteration ``λ_r`` came out at 39 ``μ`` and CG reached 1e-3 in
+        64 (24³ cone-beam DIP: 300 iterations at 6e-3 before, 72 at 2e-3 after; the build took
+        22 s instead of 11 s, the solve 29 s instead of 113 s).
 
         ``like`` gives the dtype and device; ``seed`` makes the sketch reproducible (every
         process of a distributed run builds the same preconditioner).
@@ -73,6 +83,9 @@ class NystromPreconditioner:
         q = torch.linalg.qr(omega).Q  # (size, rank)
         with torch.no_grad():
             y = torch.cat([operator(part) for part in q.T.split(batch)]).T  # (size, rank)
+            for _ in range(power):
+                q = torch.linalg.qr(y).Q
+                y = torch.cat([operator(part) for part in q.T.split(batch)]).T
         # the sketch in float64 (r × r and m × r: cheap next to the products); a tiny
         # shift ν keeps the Cholesky factor defined where the operator is rank-deficient
         q, y = q.double(), y.double()

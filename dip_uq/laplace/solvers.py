@@ -38,7 +38,8 @@ class SolverConfig:
         lr: SGD step size; ``None`` takes ``1 / λ_max(N)`` (estimated by power iteration).
         preconditioner_rank: rank of the Nyström preconditioner of the measurement-space CG
             solves (:mod:`dip_uq.laplace.preconditioner`; built once per set of
-            hyperparameters at the cost of that many Jacobian product pairs); 0 for plain CG.
+            hyperparameters at the cost of twice that many Jacobian product pairs); 0 for plain
+            CG.
         momentum: Nesterov momentum of SGD.
         average_from: fraction of ``iterations`` after which SGD's iterates are averaged.
         progress: show a progress bar.
