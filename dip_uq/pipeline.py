@@ -66,10 +66,10 @@ class Settings:
             covered 79–100 % of the voxels before EM and 62–95 % after three EM steps, which
             shrank the prior (see :meth:`dip_uq.LinearisedLaplace.fit_hyperparameters`).
         cg_iterations: the most conjugate-gradient iterations per sampling solve (each
-            stops at a relative residual of 1e-3). Small 2D DIPs get there in about 60; the
-            2D demo's (32 channels) needed more than 100, and in 3D float32 products stall
-            CG near 5e-3 while the std keeps shrinking (24³ demo: 5.1x / 1.2x the
-            600-iteration std after 100 / 300 iterations).
+            stops at a relative residual of 1e-3). With the default preconditioner the 2D
+            demo's DIP gets there in about 60 and a 24³ cone-beam DIP in about 70; the cap
+            guards against harder problems (with the earlier, weaker preconditioner 100
+            iterations left the 24³ demo's std five times too wide).
         preconditioner_rank: rank of the Nyström preconditioner of those solves (0: none);
             see :class:`dip_uq.laplace.NystromPreconditioner`.
         batch: samples solved together (memory grows with it); ``None``: all at once.

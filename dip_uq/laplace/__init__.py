@@ -102,9 +102,9 @@ _GAMMA_SIGNIFICANCE = 2.0
 # EM never raises σ_b² above this multiple of its start, the scale of the fitted weights
 _MAX_VARIANCE_GROWTH = 100.0
 # samples whose relative residual ends above this multiple of the solver's tolerance get a
-# warning: float32 products stall CG near 2e-3 (2D) to 5e-3 (3D), where the std has nearly
-# settled (24³ DIP: within 7 % from 150 to 300 iterations), while 100 iterations (residual
-# ~5e-2) left the 24³ demo's std five times the 600-iteration one
+# warning: float32 CG may stop a row on a breakdown a little above the tolerance (2e-3
+# measured), harmless, while 100 iterations of the earlier plain-sketch preconditioner
+# (residual ~5e-2) left the 24³ demo's std five times the converged one
 _UNCONVERGED_FACTOR = 10.0
 _CHECKPOINT_RTOL = 1e-6  # hyperparameters a checkpoint must match (EM rerun: round-off only)
 logger = logging.getLogger("dip_uq")

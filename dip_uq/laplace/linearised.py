@@ -27,11 +27,11 @@ def full_float32_convolutions() -> Iterator[None]:
     """Run cuDNN convolutions in full float32, not TF32, inside the block (restored after).
 
     On Ampere and newer GPUs torch computes float32 convolutions in TF32 by default (a 10-bit
-    mantissa: relative errors near 1e-3). That is fine for fitting the DIP but not for the
-    sampler's solves: ``M Mᵀ`` spans ``λ_1 / σ_y² = 2.4e6`` (32² DIP) to ``3e7`` (24³ DIP),
-    and its products must be accurate to well below ``sqrt(σ_y² / λ_1)`` of their output;
-    even in full float32 CG stalls at relative residuals of 1.6e-3 and 5e-3 on those cases.
-    No effect on the CPU.
+    mantissa, unit round-off 5e-4 against float32's 6e-8). That is fine for fitting the DIP
+    but not for the sampler's solves, which stop at a relative residual of 1e-3 of systems
+    spanning ``λ_1 / σ_y² = 5.6e7`` (the 2D demo's DIP): there, float32 products of a CG
+    solution already err by 1.3e-4 of the right-hand side (measured against float64), and
+    TF32 would multiply that by about 8000. No effect on the CPU.
     """
     cudnn = torch.backends.cudnn
     conv = getattr(cudnn, "conv", None)
