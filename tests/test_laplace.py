@@ -205,6 +205,8 @@ def test_nystrom_preconditioner_recovers_a_low_rank_spectrum():
     assert 0.5 * pre.FLOOR < float(least) <= pre.FLOOR
     with pytest.raises(ValueError, match="rank must be at least 1"):
         NystromPreconditioner.build(lambda v: v, m, 0, shift, like=gram)
+    with pytest.raises(ValueError, match="subspace iterations must be 0 or more, got -1"):
+        NystromPreconditioner.build(lambda v: v, m, 4, shift, like=gram, power=-1)
 
 
 def test_a_subspace_iteration_finds_the_top_of_a_slowly_decaying_spectrum():

@@ -77,15 +77,21 @@ class NystromPreconditioner:
             raise ValueError(f"the preconditioner rank must be at least 1, got {rank}")
         if not shift > 0:
             raise ValueError(f"the shift must be positive, got {shift}")
+        if power < 0:
+            raise ValueError(f"the subspace iterations must be 0 or more, got {power}")
         rank = min(rank, size)
         g = torch.Generator(device=like.device).manual_seed(seed)
         omega = torch.randn(size, rank, generator=g, device=like.device, dtype=like.dtype)
         q = torch.linalg.qr(omega).Q  # (size, rank)
-        with torch.no_grad():
-            y = torch.cat([operator(part) for part in q.T.split(batch)]).T  # (size, rank)
-            for _ in range(power):
-                q = torch.linalg.qr(y).Q
-                y = torch.cat([operator(part) for part in q.T.split(batch)]).T
+
+        def apply(columns: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return torch.cat([operator(part) for part in columns.T.split(batch)]).T
+
+        y = apply(q)  # (size, rank)
+        for _ in range(power):
+            q = torch.linalg.qr(y).Q
+            y = apply(q)
         # the sketch in float64 (r × r and m × r: cheap next to the products); a tiny
         # shift ν keeps the Cholesky factor defined where the operator is rank-deficient
         q, y = q.double(), y.double()
