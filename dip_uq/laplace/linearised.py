@@ -36,17 +36,15 @@ def full_float32_convolutions() -> Iterator[None]:
     cudnn = torch.backends.cudnn
     conv = getattr(cudnn, "conv", None)
     if conv is not None and hasattr(conv, "fp32_precision"):  # torch >= 2.9
-        saved, conv.fp32_precision = conv.fp32_precision, "ieee"
-        try:
-            yield
-        finally:
-            conv.fp32_precision = saved
+        owner, flag, full = conv, "fp32_precision", "ieee"
     else:
-        saved, cudnn.allow_tf32 = cudnn.allow_tf32, False
-        try:
-            yield
-        finally:
-            cudnn.allow_tf32 = saved
+        owner, flag, full = cudnn, "allow_tf32", False
+    saved = getattr(owner, flag)
+    setattr(owner, flag, full)
+    try:
+        yield
+    finally:
+        setattr(owner, flag, saved)
 
 
 class LinearisedNetwork:
