@@ -12,18 +12,17 @@ import logging
 import platform
 import sys
 import time
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from . import __version__
 from .evaluate import METHODS as EVALUATED
 from .evaluate import SUITES, markdown_table, run_suite
 from .pipeline import METHODS, UQ_METHODS, Settings
-from .simulate import PHANTOMS, SCAN_GEOMETRIES
+from .simulation import PHANTOMS, SCAN_GEOMETRIES
 
 __all__ = ["main"]
 
@@ -60,7 +59,9 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _prepare_output(out: Path, names: list[str], overwrite: bool, resume: bool = False) -> None:
+def _prepare_output(
+    out: Path, names: tuple[str, ...], overwrite: bool, resume: bool = False
+) -> None:
     """Refuse to replace results without ``--overwrite``; with it (and without ``--resume``),
     clear the checkpoints of an earlier run. Checkpoints without either flag are refused by
     :func:`dip_uq.pipeline.run`."""
@@ -76,9 +77,6 @@ def _prepare_output(out: Path, names: list[str], overwrite: bool, resume: bool =
         remove_checkpoints(out)
 
 
-OUTPUTS = ["reconstruction.h5", "mean.tif", "std.tif", "report.png", "run.json"]
-
-
 def _settings(args: argparse.Namespace) -> Any:
     """The pipeline settings that the command line sets (the others keep their defaults)."""
     given = {f.name: getattr(args, f.name) for f in fields(Settings) if hasattr(args, f.name)}
@@ -86,12 +84,13 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def _run_and_write(scan: Any, volume: Any, args: argparse.Namespace, title: str) -> None:
-    """Run the pipeline on ``scan`` and write every output of ``OUTPUTS`` into ``args.out``.
+    """Run the pipeline on ``scan`` and write its outputs (:data:`dip_uq.outputs.OUTPUTS`)
+    into ``args.out``.
 
     Under ``torchrun`` every rank runs this; rank 0 alone writes and prints the summary.
     """
     from .laplace.distributed import init_from_env
-    from .outputs import save_report, write_h5, write_json, write_tiff
+    from .outputs import OUTPUTS, write_results
     from .pipeline import run
 
     started = time.perf_counter()
@@ -120,68 +119,28 @@ def _run_and_write(scan: Any, volume: Any, args: argparse.Namespace, title: str)
         group.close()
         if not main:  # every rank holds the result; rank 0 writes it
             return
-    datasets = {"mean": result.mean, "fbp": result.fbp}
-    images = {} if result.truth is None else {"truth": result.truth}
-    images[f"FBP ({settings.fbp_filter})"] = result.fbp
-    if settings.method == "dip":
-        images["DIP mean"] = result.mean
-    if result.std is not None:
-        datasets["std"] = result.std
-        images["std"] = result.std
-    if result.truth is not None:
-        datasets["truth"] = result.truth
-        images["|error| " + ("DIP" if settings.method == "dip" else "FBP")] = np.abs(
-            result.mean - result.truth
-        )
-    params = {k: v for k, v in vars(args).items() if k != "run"}
-    write_h5(
-        out / "reconstruction.h5",
-        datasets,
-        {
-            "volume": volume.to_dict(),
-            "geometry": scan.geometry.to_dict(),
-            "parameters": params,
-            "settings": asdict(settings),
-            "notes": scan.notes,
-        },
-    )
-    write_tiff(out / "mean.tif", result.mean)
-    if result.std is not None:
-        write_tiff(out / "std.tif", result.std)
-    headline = ", ".join(f"{k} {v:.3g}" for k, v in result.scores.items())
-    calibration = None
-    if result.std is not None and result.truth is not None:
-        calibration = {"mean": result.mean, "std": result.std, "truth": result.truth}
-    save_report(
-        out / "report.png",
-        images,
-        title=title + (f"\n{headline}" if headline else ""),
-        curves=result.curves,
-        calibration=calibration,
-    )
     result.timings["total_s"] = time.perf_counter() - started
-    write_json(
-        out / "run.json",
-        {
+    written = write_results(
+        out,
+        result,
+        scan,
+        volume,
+        settings,
+        title=title,
+        parameters={k: v for k, v in vars(args).items() if k != "run"},
+        run_info={
             "command": sys.argv,
             "versions": _versions(),
             "device": str(device),
             "threads": torch.get_num_threads(),
             "processes": 1 if group is None else group.world_size,
-            "parameters": params,
-            "settings": asdict(settings),
-            "seeds": {"network_and_samples": settings.seed},
-            "timings": result.timings,
-            "scores": result.scores,
-            "hyperparameters": result.hyperparameters,
-            "notes": scan.notes,
         },
     )
-    _print_summary(out, result, str(device))
+    _print_summary(written, result, str(device))
 
 
-def _print_summary(out: Path, result: Any, device: str) -> None:
-    print(f"wrote {', '.join(str(out / n) for n in OUTPUTS if (out / n).exists())}")
+def _print_summary(written: list[Path], result: Any, device: str) -> None:
+    print(f"wrote {', '.join(map(str, written))}")
     s = result.scores
     parts = [f"FBP PSNR {s['psnr_fbp_db']:.2f} dB"] if "psnr_fbp_db" in s else []
     if "psnr_dip_db" in s:
@@ -193,7 +152,7 @@ def _print_summary(out: Path, result: Any, device: str) -> None:
 
 
 def _simulated(args: argparse.Namespace, **overrides: Any) -> Any:
-    from .simulate import simulate_scan
+    from .simulation import simulate_scan
 
     options = {
         "phantom": args.phantom,

@@ -2,7 +2,7 @@
 
 A suite is a fixed, seeded list of :class:`Case` (phantom, geometry, angles, noise) and one
 :class:`Settings` (iterations, samples, network width). Every case is simulated by
-:func:`dip_uq.simulate.simulate_scan` (the phantom times ``SCAN_ATTENUATION`` in 1/mm,
+:func:`dip_uq.simulation.simulate_scan` (the phantom times ``SCAN_ATTENUATION`` in 1/mm,
 Gaussian noise relative to ``mean |A x|``) and reconstructed by
 
 * ``fbp``: filtered back-projection (Hann filter; no std),
@@ -48,7 +48,7 @@ from .io import Scan
 from .laplace import LinearisedLaplace, SolverConfig
 from .networks import UNet
 from .projector import RayTransform
-from .simulate import PHANTOMS, SCAN_GEOMETRIES, simulate_scan
+from .simulation import PHANTOMS, SCAN_GEOMETRIES, simulate_scan
 
 __all__ = [
     "LEVELS",
@@ -71,7 +71,7 @@ FBP_FILTER = "hann"
 
 @dataclass(frozen=True)
 class Case:
-    """One synthetic scan, simulated by :func:`dip_uq.simulate.simulate_scan`.
+    """One synthetic scan, simulated by :func:`dip_uq.simulation.simulate_scan`.
 
     Attributes:
         name: identifier used in the tables and file names.
@@ -123,7 +123,7 @@ class Case:
 
     def scan(self, device: torch.device | str | None = None) -> Scan:
         """The simulated scan: ``sinogram``, ``geometry``, ``volume`` and ``truth``
-        (attenuation per mm, the phantom times :data:`dip_uq.simulate.SCAN_ATTENUATION`),
+        (attenuation per mm, the phantom times :data:`dip_uq.simulation.SCAN_ATTENUATION`),
         as NumPy arrays; ``device`` is where the simulation runs."""
         return simulate_scan(
             self.phantom,

@@ -1,38 +1,33 @@
-"""Writing results: atomic files (HDF5, TIFF, JSON, PNG) and the report figure.
+"""Every file a run writes: the reconstruction (HDF5, TIFF), ``run.json`` and ``report.png``.
 
-Every writer goes through :func:`atomic_write`: the file is written under a temporary name in
-the same folder and renamed into place, so an interrupted run never leaves a half-written
-result and an existing file is replaced in one step.
+:func:`write_results` writes the outputs of :data:`OUTPUTS` for one
+:class:`dip_uq.pipeline.Result`; the writers below it are its parts. Every file goes through
+:func:`dip_uq.checkpoint.atomic_write`: an interrupted run never leaves a half-written result
+and an existing file is replaced in one step.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-__all__ = ["atomic_write", "save_report", "write_h5", "write_json", "write_tiff"]
+from .checkpoint import atomic_write
 
+if TYPE_CHECKING:
+    from .geometry import Volume
+    from .pipeline import Result, Settings
+    from .scan import Scan
 
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it to ``path`` when the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+__all__ = ["OUTPUTS", "save_report", "write_h5", "write_json", "write_results", "write_tiff"]
+
+# what write_results writes into its folder (std.tif only with a std map)
+OUTPUTS = ("reconstruction.h5", "mean.tif", "std.tif", "report.png", "run.json")
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
@@ -159,3 +154,94 @@ def save_report(
     with atomic_write(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+
+
+def write_results(
+    out: str | os.PathLike,
+    result: Result,
+    scan: Scan,
+    volume: Volume,
+    settings: Settings,
+    *,
+    title: str,
+    parameters: Mapping[str, Any],
+    run_info: Mapping[str, Any],
+) -> list[Path]:
+    """Write the outputs of a pipeline run into the folder ``out``; returns the files written.
+
+    Args:
+        out: the folder (created).
+        result: what :func:`dip_uq.pipeline.run` returned.
+        scan: the scan it ran on (its geometry and notes are recorded).
+        volume: the reconstruction grid (recorded).
+        settings: the pipeline settings it ran with (recorded).
+        title: first line of the report's title; the scores follow on a second line.
+        parameters: the options as the user gave them (recorded in both files).
+        run_info: what ``run.json`` records about the run before its parameters (command,
+            versions, device, threads, processes).
+
+    ``reconstruction.h5`` holds ``mean``, ``fbp`` and, where known, ``std`` and ``truth``
+    (float32, shaped like the volume, attenuation per length unit) with the volume, geometry,
+    parameters, settings and notes as root attributes; ``mean.tif``/``std.tif`` the same
+    images; ``report.png`` the images, the curves and, with a truth and a std, the calibration
+    and reliability plots; ``run.json`` the settings, seeds, timings, scores and fitted
+    hyperparameters.
+    """
+    out = Path(out)
+    dip = settings.method == "dip"
+    datasets = {"mean": result.mean, "fbp": result.fbp}
+    images = {} if result.truth is None else {"truth": result.truth}
+    images[f"FBP ({settings.fbp_filter})"] = result.fbp
+    if dip:
+        images["DIP mean"] = result.mean
+    if result.std is not None:
+        datasets["std"] = result.std
+        images["std"] = result.std
+    if result.truth is not None:
+        datasets["truth"] = result.truth
+        images["|error| " + ("DIP" if dip else "FBP")] = np.abs(result.mean - result.truth)
+    record = {
+        "parameters": dict(parameters),
+        "settings": asdict(settings),
+    }
+    written = [out / "reconstruction.h5", out / "mean.tif"]
+    write_h5(
+        written[0],
+        datasets,
+        {
+            "volume": volume.to_dict(),
+            "geometry": scan.geometry.to_dict(),
+            **record,
+            "notes": scan.notes,
+        },
+    )
+    write_tiff(written[1], result.mean)
+    if result.std is not None:
+        written.append(out / "std.tif")
+        write_tiff(written[-1], result.std)
+    headline = ", ".join(f"{k} {v:.3g}" for k, v in result.scores.items())
+    calibration = None
+    if result.std is not None and result.truth is not None:
+        calibration = {"mean": result.mean, "std": result.std, "truth": result.truth}
+    written.append(out / "report.png")
+    save_report(
+        written[-1],
+        images,
+        title=title + (f"\n{headline}" if headline else ""),
+        curves=result.curves,
+        calibration=calibration,
+    )
+    written.append(out / "run.json")
+    write_json(
+        written[-1],
+        {
+            **run_info,
+            **record,
+            "seeds": {"network_and_samples": settings.seed},
+            "timings": result.timings,
+            "scores": result.scores,
+            "hyperparameters": result.hyperparameters,
+            "notes": scan.notes,
+        },
+    )
+    return written

@@ -10,7 +10,7 @@ a per-voxel std map from posterior samples) or from a baseline (MC dropout, SGLD
 EM after every step, the samples batch by batch) and a rerun with ``resume=True`` continues
 from the last checkpoint and reaches the same result as an uninterrupted run.
 
->>> from dip_uq.simulate import simulate_scan
+>>> from dip_uq.simulation import simulate_scan
 >>> scan = simulate_scan(size=16, angles=12, noise=0.02)
 >>> result = run(scan, Settings(method="fbp"))
 >>> sorted(result.scores)

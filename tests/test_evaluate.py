@@ -10,7 +10,7 @@ import torch
 
 from dip_uq.evaluate import METHODS, SUITES, Case, Suite, markdown_table, run_suite
 from dip_uq.metrics import summary
-from dip_uq.simulate import SCAN_ATTENUATION, simulate_scan
+from dip_uq.simulation import SCAN_ATTENUATION, simulate_scan
 
 
 @pytest.fixture(scope="module")

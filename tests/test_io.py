@@ -19,7 +19,7 @@ import scipy.io
 import tifffile
 import torch
 
-from dip_uq.fbp import fbp
+from dip_uq.projector.analytic import fbp
 from dip_uq.geometry import ConeBeam, FanBeam, Geometry, ParallelBeam, VectorGeometry, Volume
 from dip_uq.io import (
     Scan,

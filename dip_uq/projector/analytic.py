@@ -60,7 +60,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .geometry import Geometry, Volume
+from ..geometry import Geometry, Volume
 
 __all__ = ["FBPFilter", "angular_weights", "fbp"]
 

@@ -1,4 +1,4 @@
-"""Tests of dip_uq.fbp: FBP (parallel beam) and FDK (fan/cone beam) in pure PyTorch.
+"""Tests of dip_uq.projector.analytic: FBP (parallel beam) and FDK (fan/cone beam) in pure PyTorch.
 
 Reference data are exact line integrals of uniform ellipses/ellipsoids computed here
 analytically for every detector pixel of any geometry (through ``geometry.frames()``), so
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from dip_uq.fbp import FBPFilter, angular_weights, fbp
+from dip_uq.projector.analytic import FBPFilter, angular_weights, fbp
 from dip_uq.geometry import (
     ConeBeam,
     FanBeam,
@@ -35,7 +35,7 @@ _EDGE = 2.5  # voxels: the interior mask keeps points this far from every phanto
 Ellipsoid = tuple[tuple[float, float, float], tuple[float, float, float], float, float]
 
 # the module, not the function the package may re-export under the same name
-fbp_module = importlib.import_module("dip_uq.fbp")
+fbp_module = importlib.import_module("dip_uq.projector.analytic")
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

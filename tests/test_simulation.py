@@ -1,4 +1,4 @@
-"""Tests of dip_uq.simulate: Gaussian and Poisson noise, reproducibility, errors."""
+"""Tests of dip_uq.simulation: Gaussian and Poisson noise, reproducibility, errors."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from dip_uq.geometry import ConeBeam, ParallelBeam, Volume
 from dip_uq.phantoms import shepp_logan
 from dip_uq.projector import RayTransform
-from dip_uq.simulate import DEFAULT_NOISE, noise_sigma, simulate
+from dip_uq.simulation import DEFAULT_NOISE, noise_sigma, simulate
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
