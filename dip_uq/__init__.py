@@ -1,8 +1,8 @@
 """dip-uq: deep-image-prior tomographic reconstruction with per-voxel uncertainty."""
 
 from . import baselines, metrics, phantoms, plots
-from .dip import DIP, pretrain
-from .fbp import fbp
+from .dip import DIP
+from .projector import fbp
 from .geometry import (
     ConeBeam,
     FanBeam,
@@ -15,8 +15,9 @@ from .geometry import (
 )
 from .laplace import LinearisedLaplace
 from .networks import UNet
+from .pretraining import pretrain
 from .projector import RayTransform
-from .simulate import noise_sigma, simulate
+from .simulation import noise_sigma, simulate
 
 __version__ = "0.1.0"
 

@@ -34,10 +34,15 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from numbers import Integral, Real
-from typing import Any
+from numbers import Real
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+from .noise import _positive_int, check_sinogram, estimate_noise_sigma
+
+if TYPE_CHECKING:
+    from .projector.ray_transform import RayTransform
 
 __all__ = ["divergence", "gradient", "operator_norm", "tv", "tv_reconstruct"]
 
@@ -152,14 +157,8 @@ def operator_norm(
     return estimate
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def tv_reconstruct(
-    A: Any,
+    A: RayTransform,
     y: torch.Tensor,
     tv_weight: float,
     iterations: int = 500,
@@ -178,7 +177,7 @@ def tv_reconstruct(
     ``‖∇‖ ≤ √(4 d)``): ``τ σ = 0.99² / 2`` with the ratio ``r = τ / σ`` balancing the sizes of
     the primal and dual solutions, ``r = ‖x_FBP‖ √m / (6 ‖A‖ σ_y)`` (the data dual at the
     solution is about ``2 ‖A‖ σ_y / √m`` in norm; the 1/3 is a margin), with the noise std
-    ``σ_y`` of :func:`dip_uq.dip.estimate_noise_sigma`. On 64² and 128² Shepp-Logan scans
+    ``σ_y`` of :func:`dip_uq.noise.estimate_noise_sigma`. On 64² and 128² Shepp-Logan scans
     this reaches the converged PSNR within about 300 iterations; ``r = 1`` needed over 3000.
     Per iteration: one forward and one back projection. Dual updates: the proximal map of
     the conjugate of the data term in closed form, and a clip to ``[-γ‖∇‖, γ‖∇‖]`` for the
@@ -204,8 +203,6 @@ def tv_reconstruct(
         ValueError: wrong sinogram shape, NaN/Inf in ``y``, negative ``tv_weight``,
             ``iterations < 1``.
     """
-    from .dip import check_sinogram, estimate_noise_sigma  # shared with the DIP
-
     y = check_sinogram(A, y)
     if isinstance(tv_weight, bool) or not isinstance(tv_weight, Real):
         raise ValueError(f"tv_weight must be a number >= 0, got {tv_weight!r}")

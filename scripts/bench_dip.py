@@ -12,7 +12,7 @@ Markdown and a JSON file):
   process: one U-Net forward+backward, one forward projection (FP) and one back-projection
   (BP). ``overhead = DIP / (net + FP + BP) - 1`` (goal: <= 10 %). CPU sizes: 2D 128², 3D 64³;
   ``--sizes gpu``: 3D 128³ and 256³ cone beam.
-* ``pretrain``: DIP from scratch against DIP started from :func:`dip_uq.dip.pretrain` weights
+* ``pretrain``: DIP from scratch against DIP started from :func:`dip_uq.pretraining.pretrain` weights
   on the same scan: PSNR against iterations, and iterations/time to reach a target PSNR.
 
 Usage::
@@ -37,8 +37,10 @@ import numpy as np
 import torch
 
 import dip_uq as du
-from dip_uq.dip import DIP, estimate_noise_sigma, pretrain, ray_transform_gain
+from dip_uq.dip import DIP, FBP_FILTER
 from dip_uq.metrics import psnr, ssim
+from dip_uq.noise import default_tv_weight, estimate_noise_sigma, image_scale, ray_transform_gain
+from dip_uq.pretraining import pretrain
 from dip_uq.tv import tv_reconstruct
 
 FILTERS = ("ram-lak", "shepp-logan", "cosine", "hann", "hamming")
@@ -110,7 +112,7 @@ def run_quality(args: argparse.Namespace) -> list[dict[str, Any]]:
 
         sigma_hat = estimate_noise_sigma(y, A.geometry)
         gain = ray_transform_gain(A, device=device)
-        gamma_rule = du.dip.default_tv_weight(sigma_hat, gain, y.numel())
+        gamma_rule = default_tv_weight(sigma_hat, gain, y.numel())
         row["sigma_estimate_ratio"] = sigma_hat / float(sigma)
         started = time.perf_counter()
         tv_image = tv_reconstruct(A, y, gamma_rule, args.tv_iterations)
@@ -304,8 +306,8 @@ def run_pretrain(args: argparse.Namespace) -> list[dict[str, Any]]:
     )
     pretrain_s = time.perf_counter() - started
     with torch.no_grad():
-        z = A.fbp(y, filter=du.dip.FBP_FILTER)
-        c = du.dip.image_scale(z)
+        z = A.fbp(y, filter=FBP_FILTER)
+        c = image_scale(z)
         direct = c * net.to(device)(z[None, None] / c)[0, 0]
     print(f"pretraining: {pretrain_s:.0f} s, loss {net.pretraining['final_loss']:.4g}")
 

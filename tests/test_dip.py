@@ -1,38 +1,20 @@
 """Tests of dip_uq.dip: the DIP reconstructor (2D regression, 3D smoke), seeding, checkpoints,
-input validation, the data-derived defaults and pretraining."""
+the fitted sinogram, input validation, the defaults it takes from the data and the after_step
+hook."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from test_noise import parallel_scan
 
 import dip_uq as du
-from dip_uq.dip import (
-    DEFAULT_LR,
-    DIP,
-    default_iterations,
-    default_tv_weight,
-    estimate_noise_sigma,
-    pretrain,
-    ray_transform_gain,
-    relative_noise,
-)
+from dip_uq.dip import DEFAULT_LR, DIP
 from dip_uq.metrics import psnr
+from dip_uq.noise import default_iterations, default_tv_weight, ray_transform_gain, relative_noise
 
 FILTERS = ("ram-lak", "shepp-logan", "cosine", "hann", "hamming")
-
-
-def parallel_scan(n: int, n_angles: int, noise: float = 0.02, span: float = np.pi, seed: int = 0):
-    """Shepp-Logan on an ``n x n`` grid of unit voxels, parallel beam, detector of ``n`` pixels."""
-    A = du.RayTransform(
-        du.Volume((n, n)),
-        du.ParallelBeam(np.linspace(0, span, n_angles, endpoint=False), (n,)),
-        "torch",
-    )
-    x = du.phantoms.shepp_logan((n, n))
-    y, sigma = du.simulate(A, x, noise=noise, seed=seed, return_sigma=True)
-    return A, x, y, float(sigma)
 
 
 def small_unet(dim: int = 2, seed: int = 0) -> du.UNet:
@@ -198,43 +180,6 @@ def test_bad_data():
         DIP(object())
 
 
-# ------------------------------------------------------------------------------------------
-# defaults derived from the data
-# ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("noise", "n_angles", "span"), [(0.01, 30, np.pi), (0.05, 45, np.pi / 2)])
-def test_noise_estimate_parallel_beam(noise, n_angles, span):
-    A, _, y, sigma = parallel_scan(64, n_angles, noise=noise, span=span)
-    assert estimate_noise_sigma(y, A.geometry) == pytest.approx(sigma, rel=0.1)
-
-
-def test_noise_estimate_fan_beam_is_an_upper_bound():
-    n = 64
-    A = du.RayTransform(
-        du.Volume((n, n)),
-        du.FanBeam(np.linspace(0, 2 * np.pi, 60, endpoint=False), (96,), 1.5, 4.0 * n, 2.0 * n),
-        "torch",
-    )
-    y, sigma = du.simulate(A, du.phantoms.shepp_logan((n, n)), noise=0.05, return_sigma=True)
-    assert 0.9 * float(sigma) < estimate_noise_sigma(y, A.geometry) < 2.0 * float(sigma)
-
-
-def test_default_tv_weight_rule_and_gain():
-    assert default_tv_weight(0.2, 4.0, 1920) == pytest.approx(du.dip.TV_KAPPA * 0.2 * 4 / 1920)
-    A, _, _, _ = parallel_scan(64, 30)
-    # ‖A‖_F² / N by Hutchinson against the exact value from the columns of A (unit images)
-    gain = ray_transform_gain(A)
-    basis = torch.eye(64 * 64)[::37].reshape(-1, 64, 64)  # every 37th voxel
-    exact = float(A(basis).square().sum() / basis.shape[0]) ** 0.5
-    assert gain == pytest.approx(exact, rel=0.05)
-
-
-def test_default_iterations_rule():
-    # 2000 (0.05 / ν)^0.7, rounded to 100, x 0.7 after pretraining
-    assert [default_iterations(v) for v in (0.01, 0.02, 0.05, 0.1)] == [6200, 3800, 2000, 1200]
-    assert default_iterations(0.02, pretrained=True) == 2700
-    assert default_iterations(1.0) == 500 and default_iterations(1e-9) == 20000
-
-
 def test_defaults_are_set_by_fit_and_overrides_kept():
     A, _, y, sigma = parallel_scan(32, 16)
     rec = DIP(A, network=small_unet(), progress=False, device="cpu")
@@ -250,20 +195,14 @@ def test_defaults_are_set_by_fit_and_overrides_kept():
     assert (rec.tv_weight, rec.lr, rec.noise_sigma) == (0.5, 3e-4, 1.0)
 
 
-def test_pretrain_returns_a_network_dip_starts_from():
+def test_fit_keeps_the_checked_sinogram_on_its_device():
     A, _, y, _ = parallel_scan(16, 8)
-    start = small_unet()
-    net = pretrain(A, n_images=4, epochs=2, network=start, batch_size=2, progress=False)
-    assert isinstance(net, du.UNet)
-    assert net.pretraining["n_images"] == 4
-    assert not torch.equal(net.out.weight, start.out.weight)  # trained, and the input kept
-    assert getattr(start, "pretraining", None) is None
-    rec = DIP(A, network=net, progress=False, device="cpu")
-    assert rec.pretrained and rec.lr == DEFAULT_LR
-    rec = DIP(A, network=net, iterations=2, progress=False, device="cpu")
-    before = {k: v.clone() for k, v in net.state_dict().items()}
-    rec.fit(y)
-    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # not modified
+    rec = DIP(A, network=small_unet(), iterations=2, progress=False, device="cpu")
+    assert rec.y is None
+    rec.fit(y.double().numpy())
+    assert rec.y.dtype == torch.float32 and rec.y.device == rec.device
+    assert rec.y.shape == tuple(A.geometry.sino_shape) and rec.y.is_contiguous()
+    assert torch.equal(rec.y, y.float())
 
 
 # ------------------------------------------------------------------------------------------
