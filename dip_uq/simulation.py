@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .scan import Scan
+
 __all__ = [
     "DEFAULT_NOISE",
     "PHANTOMS",
@@ -191,8 +193,8 @@ def simulate_scan(
     noise: float = DEFAULT_NOISE,
     seed: int = 0,
     device: torch.device | str | None = None,
-) -> Any:
-    """A simulated scan of a built-in phantom, with its ground truth: a :class:`dip_uq.io.Scan`.
+) -> Scan:
+    """A simulated scan of a built-in phantom, with its ground truth: a :class:`dip_uq.scan.Scan`.
 
     The object is ``phantom`` on a ``size``-voxel grid (voxel edge 1 mm, centred at the
     origin; ``(y, x)`` or ``(z, y, x)``) with attenuation :data:`SCAN_ATTENUATION` (1/mm) per
@@ -219,7 +221,6 @@ def simulate_scan(
         (attenuation in 1/mm) and ``volume`` set, ``source_format="simulated"``.
     """
     from .geometry import ConeBeam, FanBeam, ParallelBeam, Volume
-    from .io import Scan
     from .phantoms import random_ellipses, shepp_logan
     from .projector import RayTransform
 

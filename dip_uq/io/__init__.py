@@ -1,27 +1,39 @@
 """Reading real scans, preprocessing them, and writing dip-uq's own NXtomo files.
 
 * :func:`read_scan` — any supported file (NXtomo/NeXus incl. Diamond, APS Data Exchange,
-  MATLAB .mat v5/v7.3 incl. HTC2022, TIFF stacks, .npy/.npz) to a :class:`Scan` of line
-  integrals with its geometry; :func:`load_geometry` reads geometry files.
+  MATLAB .mat v5/v7.3 incl. HTC2022, TIFF stacks, .npy/.npz) to a :class:`~dip_uq.scan.Scan`
+  of line integrals with its geometry; :func:`detect_format` alone; :func:`load_geometry`
+  reads geometry files.
 * :func:`preprocess` — rows, centre of rotation (given or ``"auto"``), column crop, binning,
-  angle subsampling; :func:`estimate_rotation_center` alone.
-* :func:`default_volume` — a reconstruction grid covering the field of view.
+  angle subsampling; :func:`estimate_rotation_center` and :func:`select_rows` alone.
+* :func:`flat_dark_correct` — raw frames to line integrals.
 * :func:`describe` — the human summary ``dip-uq info`` prints.
 * :func:`write_nxtomo` — simulated scans (with their truth) as NXtomo files.
 
-Layouts follow :mod:`dip_uq.geometry`: sinograms ``(angles, cols)`` / ``(angles, rows, cols)``,
-volumes ``(z, y, x)``, lengths in the scan's :attr:`Scan.units`.
+The record itself and the default reconstruction grid are :mod:`dip_uq.scan`. Layouts follow
+:mod:`dip_uq.geometry`: sinograms ``(angles, cols)`` / ``(angles, rows, cols)``, volumes
+``(z, y, x)``, lengths in the scan's :attr:`~dip_uq.scan.Scan.units`.
+
+Modules: :mod:`~dip_uq.io.read` (the dispatch) over one reader per format family —
+:mod:`~dip_uq.io.nexus`, :mod:`~dip_uq.io.nxtomo` (dip-uq's own layout, read and write),
+:mod:`~dip_uq.io.dxchange`, :mod:`~dip_uq.io.matlab`, :mod:`~dip_uq.io.arrays` (TIFF and
+NumPy data with the caller's geometry) — and what they share: :mod:`~dip_uq.io.detect`,
+:mod:`~dip_uq.io.geometry_files`, :mod:`~dip_uq.io.flat_field`, :mod:`~dip_uq.io.rows`,
+:mod:`~dip_uq.io.hdf5`, :mod:`~dip_uq.io.tiff`, :mod:`~dip_uq.io.numpy_files`,
+:mod:`~dip_uq.io.units`; :mod:`~dip_uq.io.preprocess` and :mod:`~dip_uq.io.summary` work on
+scans once read.
 """
 
+from .detect import FORMATS, detect_format
+from .flat_field import flat_dark_correct
+from .geometry_files import load_geometry
 from .nxtomo import write_nxtomo
 from .preprocess import estimate_rotation_center, preprocess, select_rows
-from .readers import FORMATS, detect_format, load_geometry, read_scan
-from .scan import Scan, default_volume, describe, flat_dark_correct
+from .read import read_scan
+from .summary import describe
 
 __all__ = [
     "FORMATS",
-    "Scan",
-    "default_volume",
     "describe",
     "detect_format",
     "estimate_rotation_center",

@@ -45,9 +45,9 @@ from ..geometry import (
     ParallelBeam,
     VectorGeometry,
 )
-from .scan import Scan, axis_column
+from ..scan import Scan
 
-__all__ = ["estimate_rotation_center", "preprocess"]
+__all__ = ["axis_column", "estimate_rotation_center", "preprocess", "select_rows"]
 
 _MAX_PAIRS = 64  # opposite-projection pairs used by the mirror method
 _MAX_ROWS = 8  # detector rows used by the centre estimate
@@ -158,6 +158,17 @@ def _bin(array: np.ndarray, binning: int, axes: tuple[int, ...]) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # centre of rotation
 # --------------------------------------------------------------------------------------------
+def axis_column(geometry: Geometry) -> float | None:
+    """Detector column (0-based, fractional) where the rotation axis projects, for a parallel
+    beam geometry (median over projections); None for fan/cone beam."""
+    if geometry.kind != "parallel":
+        return None
+    f = geometry.frames_3d()
+    u = f["u"]
+    t = -np.sum(f["center"] * u, 1) / np.sum(u * u, 1)  # origin's coordinate along u, in pixels
+    return float(np.median(t) + (geometry.det_shape[-1] - 1) / 2)
+
+
 def _opposite_pairs(angles: np.ndarray) -> list[tuple[int, int]]:
     """Index pairs ``(i, j)`` with ``θ_j - θ_i = π`` (mod 2π) within a tenth of a step."""
     if angles.size < 2:

@@ -1,9 +1,10 @@
-"""The :class:`Scan` record, the conversion of raw intensities to line integrals, the default
-reconstruction grid and the human-readable summary.
+"""The :class:`Scan` record — line integrals with their geometry — and the default
+reconstruction grid that covers a scan's field of view.
 
 Array layout (as everywhere in dip-uq): sinograms ``(n_angles, n_cols)`` in 2D and
 ``(n_angles, n_rows, n_cols)`` in 3D, float32 line integrals ``y = ∫ μ dl`` (dimensionless;
-lengths in the geometry's unit, :attr:`Scan.units`).
+lengths in the geometry's unit, :attr:`Scan.units`). Reading files into scans is
+:mod:`dip_uq.io`; simulated scans are :func:`dip_uq.simulation.simulate_scan`.
 """
 
 from __future__ import annotations
@@ -16,13 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from ..geometry import Geometry, Volume
+from .geometry import Geometry, Volume
 
-__all__ = ["Scan", "default_volume", "describe", "flat_dark_correct"]
-
-# Bad flat-field pixels (flat - dark <= 0) up to this fraction of the detector are filled in
-# from their neighbours along the row; more than that is an error.
-_MAX_BAD_FLAT_FRACTION = 0.01
+__all__ = ["Scan", "default_volume", "field_of_view"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -117,7 +114,7 @@ class Scan:
 
 
 # --------------------------------------------------------------------------------------------
-# checks shared by the readers
+# checks of the arrays a scan holds (the readers use them too)
 # --------------------------------------------------------------------------------------------
 def check_matches_geometry(shape: tuple[int, ...], geometry: Geometry, what: str) -> None:
     """Raise ValueError unless ``shape`` equals ``geometry.sino_shape``."""
@@ -154,128 +151,6 @@ def angles_deg(geometry: Geometry) -> np.ndarray:
     else:
         theta = np.arctan2(first[:, 0], -first[:, 1])
     return np.rad2deg(np.unwrap(theta))
-
-
-# --------------------------------------------------------------------------------------------
-# intensities to line integrals
-# --------------------------------------------------------------------------------------------
-def flat_dark_correct(
-    projections: np.ndarray,
-    flats: np.ndarray | None,
-    darks: np.ndarray | None,
-    where: str,
-) -> tuple[np.ndarray, list[str]]:
-    """Line integrals ``-log((p - dark) / (flat - dark))`` from raw frames.
-
-    Args:
-        projections: raw intensities ``(n_angles, rows, cols)`` (any numeric dtype).
-        flats: flat fields (beam, no sample) ``(n_flats, rows, cols)``; their mean is used.
-        darks: dark frames (no beam) ``(n_darks, rows, cols)``; their mean is used; None or
-            empty: a dark level of 0.
-        where: a name for the messages (file and dataset).
-
-    Returns:
-        ``(line_integrals, notes)``: float32 ``(n_angles, rows, cols)`` and what was done.
-
-    Transmissions ``(p - dark) / (flat - dark) <= 0`` (noise at the dark level) are clipped to
-    the smallest positive transmission in the data before the log, so they become the largest
-    finite line integral; a note gives how many. Detector pixels whose flat does not exceed the
-    dark (``flat - dark <= 0``: dead pixels, empty flats) are filled in along each row from the
-    nearest good columns when they are at most 1% of the detector; more is an error.
-
-    Raises:
-        ValueError: NaN/Inf in the frames, flats/darks of another frame shape, flat - dark <= 0
-            on more than 1% of the detector, or no positive transmission at all.
-    """
-    notes: list[str] = []
-    for array, what in ((projections, "projections"), (flats, "flats"), (darks, "darks")):
-        if array is not None:
-            check_finite(np.asarray(array), f"{where}: the {what}")
-    if flats is None or len(flats) == 0:
-        raise ValueError(f"{where}: no flat fields, so intensities cannot become line integrals")
-    frame = projections.shape[1:]
-    for array, what in ((flats, "flats"), (darks, "darks")):
-        if array is not None and len(array) and array.shape[1:] != frame:
-            raise ValueError(
-                f"{where}: the {what} have frames of shape {array.shape[1:]} but the projections "
-                f"{frame}; they do not belong to the same detector region"
-            )
-    flat = np.mean(flats, axis=0, dtype=np.float64)
-    dark = np.mean(darks, axis=0, dtype=np.float64) if darks is not None and len(darks) else 0.0
-    gain = flat - dark
-    bad = ~(gain > 0)
-    if bad.all():
-        raise ValueError(
-            f"{where}: flat minus dark is <= 0 at every detector pixel (mean flat "
-            f"{float(np.mean(flat)):.4g}, mean dark {float(np.mean(dark)):.4g}); the flat fields "
-            "are empty or flats and darks are swapped: check image_key / data_white"
-        )
-    if bad.mean() > _MAX_BAD_FLAT_FRACTION:
-        rows, cols = np.nonzero(bad.reshape(-1, bad.shape[-1]))
-        raise ValueError(
-            f"{where}: flat minus dark is <= 0 at {int(bad.sum())} of {bad.size} detector pixels "
-            f"(rows {rows.min()}-{rows.max()}, columns {cols.min()}-{cols.max()}); the flat "
-            "fields are unusable there: use other flats or cut that region out of the files"
-        )
-    gain = np.where(bad, 1.0, gain).astype(np.float32)
-    trans = (np.asarray(projections, dtype=np.float32) - np.float32(dark)) / gain
-    trans[:, bad] = 1.0  # filled in below
-    nonpositive = trans <= 0
-    n_clip = int(nonpositive.sum())
-    if n_clip == trans.size - int(bad.sum()) * len(trans):
-        raise ValueError(
-            f"{where}: every projection value is at or below the dark level, so no line "
-            "integral can be formed; the projections are empty or the darks are wrong"
-        )
-    if n_clip:
-        floor = float(trans[~nonpositive].min())
-        trans[nonpositive] = floor
-        notes.append(
-            f"clipped {n_clip} non-positive transmissions ({100 * n_clip / trans.size:.3g}% of "
-            f"the data, p <= dark) to the smallest positive one ({floor:.3g}) before -log"
-        )
-    line = -np.log(trans)
-    if bad.any():
-        _fill_bad_pixels(line, bad)
-        notes.append(
-            f"{int(bad.sum())} detector pixels with flat - dark <= 0 were filled in from the "
-            "neighbouring columns"
-        )
-    n_flats = len(flats)
-    n_darks = 0 if darks is None else len(darks)
-    notes.insert(
-        0,
-        f"line integrals -log((p - dark) / (flat - dark)) with the mean of {n_flats} flats and "
-        f"{n_darks} darks" + ("" if n_darks else " (no darks: dark level 0)"),
-    )
-    return line.astype(np.float32, copy=False), notes
-
-
-def _fill_bad_pixels(line: np.ndarray, bad: np.ndarray) -> None:
-    """Replace ``line[:, r, c]`` at ``bad[r, c]`` by linear interpolation along the row."""
-    bad2 = bad.reshape(-1, bad.shape[-1])
-    view = line.reshape(line.shape[0], -1, bad.shape[-1])
-    cols = np.arange(bad.shape[-1])
-    for r in np.nonzero(bad2.any(axis=1))[0]:
-        good = np.nonzero(~bad2[r])[0]
-        if good.size == 0:
-            view[:, r, :] = 0.0
-            continue
-        for c in np.nonzero(bad2[r])[0]:
-            right = np.searchsorted(good, c)
-            lo = good[max(right - 1, 0)]
-            hi = good[min(right, good.size - 1)]
-            w = 0.0 if hi == lo else (cols[c] - lo) / (hi - lo)
-            view[:, r, c] = (1 - w) * view[:, r, lo] + w * view[:, r, hi]
-
-
-def transmission_to_line_integrals(data: np.ndarray, where: str) -> tuple[np.ndarray, list[str]]:
-    """``-log(data)`` for frames that are already normalised transmissions (flat = 1, dark = 0)."""
-    check_finite(data, where)
-    ones = np.ones((1, *data.shape[1:]), dtype=np.float32)
-    line, notes = flat_dark_correct(data, ones, None, where)
-    notes[0] = "line integrals -log(p) of frames that are already normalised transmissions"
-    return line, notes
 
 
 # --------------------------------------------------------------------------------------------
@@ -377,86 +252,3 @@ def default_volume(
             shape = (max(1, math.ceil(height / voxel - 1e-6)), side, side)
     center = 0.0 if z_range is None else (0.5 * (z_range[0] + z_range[1]), 0.0, 0.0)
     return Volume(shape, voxel_size=voxel, center=center)
-
-
-# --------------------------------------------------------------------------------------------
-# summary
-# --------------------------------------------------------------------------------------------
-def _fmt(value: float) -> str:
-    return f"{value:.6g}"
-
-
-def axis_column(geometry: Geometry) -> float | None:
-    """Detector column (0-based, fractional) where the rotation axis projects, for a parallel
-    beam geometry (median over projections); None for fan/cone beam."""
-    if geometry.kind != "parallel":
-        return None
-    f = geometry.frames_3d()
-    u = f["u"]
-    t = -np.sum(f["center"] * u, 1) / np.sum(u * u, 1)  # origin's coordinate along u, in pixels
-    return float(np.median(t) + (geometry.det_shape[-1] - 1) / 2)
-
-
-def describe(scan: Scan) -> str:
-    """A multi-line human summary of a scan (what ``dip-uq info`` prints)."""
-    g = scan.geometry
-    sino = scan.sinogram
-    layout = "(angles, cols)" if g.ndim == 2 else "(angles, rows, cols)"
-    lines = [f"{scan.path if scan.path is not None else 'scan'}: {scan.source_format}"]
-    lines.append(
-        f"  sinogram   {sino.dtype} {sino.shape} {layout}, line integrals in "
-        f"[{_fmt(float(sino.min()))}, {_fmt(float(sino.max()))}], mean {_fmt(float(sino.mean()))}"
-    )
-    a = scan.angles_deg
-    step = np.diff(a)
-    step_text = (
-        f", step {_fmt(float(np.median(step)))}°"
-        if step.size and np.allclose(step, np.median(step), rtol=0.05, atol=1e-6)
-        else (", irregular steps" if step.size else "")
-    )
-    lines.append(
-        f"  angles     {a.size} from {_fmt(float(a[0]))}° to {_fmt(float(a[-1]))}° (span "
-        f"{_fmt(float(a.max() - a.min()))}°{step_text})"
-    )
-    if scan.n_flats or scan.n_darks:
-        lines.append(
-            f"  flats      {scan.n_flats} flat fields, {scan.n_darks} dark frames (means used)"
-        )
-    else:
-        lines.append("  flats      none (the file holds line integrals)")
-    lines.append(f"  geometry   {g!r}")
-    det = " x ".join(str(n) for n in g.det_shape)
-    frames = g.frames()
-    pitch = [float(np.median(np.linalg.norm(frames["u"], axis=1)))]
-    if "v" in frames:
-        pitch.insert(0, float(np.median(np.linalg.norm(frames["v"], axis=1))))
-    pixel = " x ".join(_fmt(p) for p in pitch) + f" {scan.units}"
-    if scan.units == "px":
-        pixel += " (the file gives no pixel size: lengths are in detector pixels)"
-    lines.append(f"  detector   {det} pixels, pitch {pixel}")
-    column = axis_column(g)
-    if column is not None:
-        centre = (g.det_shape[-1] - 1) / 2
-        lines.append(
-            f"  rotation   axis at detector column {column:.2f} (detector centre {centre:.1f}, "
-            f"offset {column - centre:+.2f} px)"
-        )
-    if scan.distances:
-        parts = [f"{k.replace('_', '-')} {_fmt(v)} {scan.units}" for k, v in scan.distances.items()]
-        if hasattr(g, "magnification"):
-            parts.append(f"magnification {_fmt(g.magnification)}")
-        lines.append("  distances  " + ", ".join(parts))
-    lines.append(
-        f"  units      lengths in {scan.units}, angles in radians inside the geometry; "
-        f"reconstructions in 1/{scan.units}"
-    )
-    volume = default_volume(scan)
-    lines.append(f"  grid       default reconstruction grid {volume!r}")
-    if scan.truth is not None:
-        lines.append(f"  truth      ground truth {scan.truth.dtype} {scan.truth.shape}")
-    for key, value in scan.metadata.items():
-        lines.append(f"  {key:<10} {value}")
-    if scan.notes:
-        lines.append("  notes")
-        lines.extend(f"    - {note}" for note in scan.notes)
-    return "\n".join(lines)

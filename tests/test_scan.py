@@ -1,0 +1,69 @@
+"""Tests of dip_uq.scan: the Scan record's checks and copies, and the default grid that covers
+a geometry's field of view."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dip_uq.geometry import ConeBeam, FanBeam, ParallelBeam, Volume
+from dip_uq.scan import Scan, default_volume
+
+
+def test_scan_checks_its_arrays():
+    g = ParallelBeam(np.linspace(0, np.pi, 10, endpoint=False), (16,))
+    scan = Scan(np.ones((10, 16)), g)
+    assert scan.sinogram.dtype == np.float32 and scan.sinogram.flags.c_contiguous
+    np.testing.assert_allclose(scan.angles_deg, np.rad2deg(g.angles))
+    assert scan.ndim == 2 and scan.n_angles == 10 and scan.name == "scan"
+    with pytest.raises(ValueError, match="floating-point line integrals"):
+        Scan(np.ones((10, 16), dtype=np.int32), g)
+    with pytest.raises(ValueError, match=r"shape \(10, 15\) but the geometry expects"):
+        Scan(np.ones((10, 15)), g)
+    bad = np.ones((10, 16))
+    bad[2, 3] = np.inf
+    with pytest.raises(ValueError, match=r"0 NaN and 1 Inf values \(first at index \(2, 3\)\)"):
+        Scan(bad, g)
+    with pytest.raises(ValueError, match="angles_deg has 9 entries for 10 projections"):
+        Scan(np.ones((10, 16)), g, angles_deg=np.zeros(9))
+    with pytest.raises(ValueError, match="must be a dip_uq Geometry"):
+        Scan(np.ones((10, 16)), "parallel")
+
+
+def test_replace_copies_the_mutable_fields():
+    g = ParallelBeam(np.zeros(2), (4,))
+    scan = Scan(np.zeros((2, 4)), g, notes=["read"], distances={"origin_detector": 1.0})
+    copy = scan.replace()
+    copy.notes.append("changed")
+    copy.distances["source_origin"] = 2.0
+    copy.metadata["title"] = "t"
+    assert scan.notes == ["read"] and scan.distances == {"origin_detector": 1.0}
+    assert scan.metadata == {}
+
+
+def test_vector_geometry_angles():
+    cone = ConeBeam(np.linspace(0, 2 * np.pi, 12, endpoint=False), (2, 8), 1.0, 40.0, 20.0)
+    scan = Scan(np.zeros(cone.sino_shape), cone.to_vector_geometry())
+    np.testing.assert_allclose(scan.angles_deg, np.rad2deg(cone.angles), atol=1e-9)
+
+
+def test_default_volume_covers_the_field_of_view():
+    g = ParallelBeam(np.zeros(2), (4, 100), (0.5, 0.5))
+    assert default_volume(g) == Volume((4, 100, 100), 0.5)
+    shifted = ParallelBeam(np.zeros(2), (100,), 0.5, 5.0)  # axis 10 px off the centre
+    assert default_volume(shifted).shape == (120, 120)
+    fan = FanBeam(np.zeros(2), (200,), 1.0, 100.0, 100.0)
+    volume = default_volume(fan, size=64)
+    r = 100 * np.sin(np.arctan(100 / 200))  # the fan's inscribed circle
+    assert volume.shape == (64, 64) and volume.extent[0] == pytest.approx(2 * r)
+    assert default_volume(fan, voxel_size=1.0).shape == (90, 90)
+
+
+def test_default_volume_returns_the_stored_grid():
+    g = ParallelBeam(np.zeros(2), (100,), 0.5)
+    stored = Volume((8, 8), 1.0)
+    scan = Scan(np.zeros((2, 100)), g, volume=stored)
+    assert default_volume(scan) == stored
+    assert default_volume(scan, size=10) == default_volume(g, size=10)
+    with pytest.raises(ValueError, match="size must be a positive number"):
+        default_volume(g, size=0)
