@@ -294,3 +294,28 @@ def test_reliability_plot_draws_and_saves(tmp_path):
     path = tmp_path / "reliability.png"
     fig.savefig(path, dpi=50)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_patch_tll_against_hand_computed_values():
+    from dip_uq.metrics import patch_tll
+
+    g = torch.Generator().manual_seed(0)
+    mean, truth = torch.zeros(4, 4), torch.randn(4, 4, generator=g)
+    samples = torch.randn(50, 4, 4, generator=g)
+    var = samples.double().square().mean(0) * (1 + 1e-6)
+    expected = (-0.5 * (truth.double() ** 2 / var + var.log() + math.log(2 * math.pi))).mean()
+    assert patch_tll(mean, samples, truth, patch=1) == pytest.approx(float(expected), rel=1e-6)
+    # a 2×2 patch: the full 4-dimensional Gaussian of each block
+    total = 0.0
+    for i in (0, 2):
+        for j in (0, 2):
+            block = samples[:, i : i + 2, j : j + 2].reshape(50, 4).double()
+            cov = block.T @ block / 50
+            cov += 1e-6 * cov.diagonal().mean() * torch.eye(4, dtype=torch.float64)
+            mvn = torch.distributions.MultivariateNormal(torch.zeros(4, dtype=torch.float64), cov)
+            total += float(mvn.log_prob(truth[i : i + 2, j : j + 2].reshape(4).double()))
+    assert patch_tll(mean, samples, truth, patch=2) == pytest.approx(total / 16, rel=1e-6)
+    # a sharper (smaller) std around the right answer scores higher
+    assert patch_tll(truth, 0.1 * samples, truth) > patch_tll(truth, samples, truth)
+    with pytest.raises(ValueError, match="samples must be"):
+        patch_tll(mean, samples[0], truth)

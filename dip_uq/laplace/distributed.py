@@ -16,7 +16,7 @@ Under ``torchrun`` (which sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTE
     if ctx.is_main:
         rec.fit(y)
     share_fit(rec, ctx)                      # rank != 0: θ*, network input and scale
-    lap = LinearisedLaplace(rec, y=y, group=ctx)
+    lap = LinearisedLaplace(rec, y=y, group=ctx)  # y: rec.y is rank 0's only
     lap.fit_hyperparameters(...)             # identical history on every rank
     std = lap.moments(n, checkpoint=...).std # identical on every rank; write it on rank 0
     ctx.close()
@@ -34,10 +34,13 @@ import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
+
+if TYPE_CHECKING:
+    from ..dip import DIP
 
 __all__ = [
     "DistContext",
@@ -252,15 +255,16 @@ def broadcast_params(
 _INPUT, _SCALE, _NOISE = "__network_input__", "__scale__", "__noise_sigma__"
 
 
-def share_fit(rec: Any, ctx: DistContext, src: int = 0) -> None:
+def share_fit(rec: DIP, ctx: DistContext, src: int = 0) -> None:
     """Give every rank the DIP fit of rank ``src``, so the DIP is fitted once.
 
     On ``src``, ``rec`` is a fitted :class:`dip_uq.DIP`; on the other ranks, a ``DIP`` built
     with the same arguments (network, input, device), not fitted. Afterwards every ``rec`` has
     ``src``'s network weights (``network``, ``params_star``), ``network_input``, ``scale``
     and ``noise_sigma``: what :meth:`DIP.image`, :meth:`DIP.predict` and
-    ``LinearisedLaplace(rec, ...)`` use. The
-    rest of a receiver's state (history, timings, ``tv_weight``) stays unfitted.
+    ``LinearisedLaplace(rec, y=y, ...)`` use. The rest of a receiver's state (history,
+    timings, ``tv_weight``, and ``y``: every rank has read the sinogram already, and a large
+    one is not worth a broadcast) stays unfitted.
     """
     payload = None
     if ctx.rank == src:

@@ -1,9 +1,10 @@
 """Randomised Nyström preconditioner for the measurement-space system of the sampler.
 
 The conjugate-gradient sampler solves ``(M Mᵀ + μ I) a = b`` on sinograms (``μ = σ_y²``,
-:mod:`dip_uq.laplace`). ``M Mᵀ = A J Σ Jᵀ Aᵀ`` has a spectrum that decays fast but spans
-many orders of magnitude above ``μ`` (a 32² DIP with 1440 measurements: largest eigenvalue
-2.4e6 ``μ``, 487 above ``μ``), so plain CG needs on the order of a thousand iterations.
+:mod:`dip_uq.laplace.posterior`). ``M Mᵀ = A J Σ Jᵀ Aᵀ`` has a spectrum that decays fast but
+spans many orders of magnitude above ``μ`` (a 32² DIP with 1440 measurements: largest
+eigenvalue 2.4e6 ``μ``, 487 above ``μ``), so plain CG needs on the order of a thousand
+iterations.
 A rank-``r`` Nyström approximation ``M Mᵀ ≈ U Λ Uᵀ`` (Frangella, Tropp & Udell, "Randomized
 Nyström preconditioning", SIAM J. Matrix Anal. Appl. 44, 2023) gives the preconditioner::
 

@@ -1,8 +1,16 @@
-"""Batched solvers for the symmetric positive definite system ``N u = b`` of the sampler.
+"""Batched solvers for the symmetric positive definite systems of the posterior sampler.
 
-``N = I + Mᵀ M / σ²`` (see :mod:`dip_uq.laplace`), applied by a callable to a batch ``(B, P)``;
-each row is an independent system. ``N``'s eigenvalues are at least 1, and the largest one
-(the curvature of the data term) sets the step of the gradient methods.
+:func:`solve` takes the system's operator ``N`` as a callable on a batch of rows ``(B, n)``;
+each row is an independent system. The posterior (:mod:`dip_uq.laplace.posterior`) gives it
+one of two systems, in whitened weights ``u`` (``θ = Σ^{1/2} u``, ``M = A J Σ^{1/2}``):
+
+* CG, the default: the measurement-space system ``(M Mᵀ + σ_y² I) a = σ_y e₀ - M u₀`` on
+  flattened sinograms ``(B, m)``, preconditioned by
+  :class:`~dip_uq.laplace.preconditioner.NystromPreconditioner`; the sample is
+  ``u = u₀ + Mᵀ a``. The mode solves the same system with the data ``r`` on the right.
+* SGD: the weight-space system ``(I + Mᵀ M / σ_y²) u = u₀ + Mᵀ e₀ / σ_y`` on ``(B, P)``,
+  whose eigenvalues are at least 1; the largest one (the curvature of the data term) sets
+  the step.
 """
 
 from __future__ import annotations
@@ -16,15 +24,16 @@ from tqdm.auto import tqdm
 
 __all__ = ["Method", "SolverConfig", "largest_eigenvalue", "solve"]
 
-Operator = Callable[[torch.Tensor], torch.Tensor]
+# a linear map applied to a batch of rows (B, n) -> (B, n)
+RowMap = Callable[[torch.Tensor], torch.Tensor]
 
 
 class Method(str, enum.Enum):
     """How posterior samples are computed; both the strings and the members are accepted."""
 
-    SGD = "sgd"  # gradient descent with Nesterov momentum and iterate averaging
-    CG = "cg"  # conjugate gradients on the same linear system
-    EXACT = "exact"  # dense linear algebra (tiny problems only)
+    SGD = "sgd"  # weight space: gradient descent, Nesterov momentum, iterate averaging
+    CG = "cg"  # measurement space: preconditioned conjugate gradients (the default)
+    EXACT = "exact"  # weight space: dense linear algebra (tiny problems only)
 
 
 @dataclass
@@ -61,16 +70,17 @@ class SolverConfig:
             known = ", ".join(repr(m.value) for m in Method)
             raise ValueError(f"unknown method {self.method!r}; known methods: {known}") from None
         if self.iterations < 1:
-            raise ValueError(f"iterations must be at least 1, got {self.iterations}")
+            raise ValueError(f"SolverConfig.iterations must be at least 1, got {self.iterations}")
         if self.preconditioner_rank < 0:
             raise ValueError(
-                f"preconditioner_rank must be 0 (none) or more, got {self.preconditioner_rank}"
+                "SolverConfig.preconditioner_rank must be 0 (none) or more, got "
+                f"{self.preconditioner_rank}"
             )
         if not self.tolerance > 0:
-            raise ValueError(f"tolerance must be positive, got {self.tolerance}")
+            raise ValueError(f"SolverConfig.tolerance must be positive, got {self.tolerance}")
 
 
-def largest_eigenvalue(normal: Operator, like: torch.Tensor, iterations: int = 20) -> float:
+def largest_eigenvalue(normal: RowMap, like: torch.Tensor, iterations: int = 20) -> float:
     """Power-iteration estimate of ``λ_max(N)`` (slightly low; callers leave a margin)."""
     g = torch.Generator(device=like.device).manual_seed(12345)
     v = torch.randn(like.shape[1:], generator=g, device=like.device, dtype=like.dtype)[None]
@@ -87,12 +97,12 @@ def _residual_norms(r: torch.Tensor, b_norm: torch.Tensor) -> torch.Tensor:
 
 
 def solve(
-    normal: Operator,
+    normal: RowMap,
     b: torch.Tensor,
     x0: torch.Tensor | None = None,
     config: SolverConfig | None = None,
     lam_max: float | None = None,
-    preconditioner: Operator | None = None,
+    preconditioner: RowMap | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """Solve ``N u = b`` row by row for ``b`` of shape ``(B, P)``, starting at ``x0`` (or ``b``).
 
@@ -131,14 +141,14 @@ def solve(
 
 
 def _cg(
-    normal: Operator,
+    normal: RowMap,
     b: torch.Tensor,
     x: torch.Tensor,
     b_norm: torch.Tensor,
     config: SolverConfig,
     trace: list[float],
     bar: tqdm,
-    preconditioner: Operator,
+    preconditioner: RowMap,
 ) -> int:
     """Preconditioned conjugate gradients on the rows of ``x`` (updated in place); returns
     the iterations."""
@@ -174,7 +184,7 @@ def _cg(
 
 
 def _sgd(
-    normal: Operator,
+    normal: RowMap,
     b: torch.Tensor,
     x: torch.Tensor,
     b_norm: torch.Tensor,

@@ -1,0 +1,254 @@
+"""Sample-based EM (MacKay updates) of the hyperparameters of a linearised Laplace posterior.
+
+:meth:`dip_uq.laplace.LinearisedLaplace.fit_hyperparameters` runs it; this module sees the
+posterior through :class:`Posterior`, what EM reads and updates of it.
+
+In the whitened coordinates of :mod:`dip_uq.laplace.posterior` (``θ = Σ^{1/2} u``,
+``M = A J Σ^{1/2}``):
+
+**E-step.** The linear model's mode ``û`` solves ``(I + MᵀM/σ_y²) û = Mᵀ r / σ_y²`` with
+``r = y - A f(θ*) + A J θ*``; posterior samples ``u_k`` as in the posterior module.
+
+**M-step**, for a block ``b`` with ``n_b`` weights (or, by default, for all blocks together:
+one factor on every ``σ_b²``, see below): the effective dimension
+``γ_b = n_b - E||u_{k,b}||²`` (``= n_b - E[ζ_bᵀ Σ_b⁻¹ ζ_b]`` in weight space), estimated
+as ``mean_k (||u₀_{k,b}||² - ||u_{k,b}||²)`` with each sample's own base noise ``u₀`` as
+control variate (same mean, since ``E||u₀_b||² = n_b``; without it the estimate carries the
+noise of ``n_b`` prior directions, ``±sqrt(2 n_b / K)`` for K samples, which swamps a small
+``γ_b``). A block whose estimate is within two standard errors (over
+the samples) of 0 keeps its variance for that step: with samples the solver has not
+converged, ``u_k`` stays close to ``u₀_k``, the estimate of ``γ_b`` tends to 0 and the update
+below would blow ``σ_b²`` up (measured: to 1e6 in five steps on a 24³ cone-beam demo). Even
+so, truncated solves can make EM raise ``σ_b²`` step after step (the mode's whitened norm
+does not shrink as it should); ``σ_b²`` is therefore capped at 100 times its start, the
+scale of the fitted weights, with a warning. Otherwise::
+
+    σ_b² ← θ̂_bᵀ K_b⁻¹ θ̂_b / γ_b = σ_b² ||û_b||² / γ_b,
+    σ_y² ← ||y - A h(θ̂)||² / (m - Σ_b γ_b).
+
+(The function-space estimate ``Σ_b γ_b = E||M u||²/σ_y²`` was tried for the noise update and
+dropped: with samples that CG has not fully converged it came out near ``m`` and threw
+``σ_y²`` up by five orders of magnitude.)
+
+**One factor for all blocks** (the default, ``per_block=False``): ``σ_b² ← s σ_b²`` with
+``s = Σ_b ||û_b||² / Σ_b γ_b``. The per-block update has more freedom than one DIP scan
+supports: with exact dense solves on a 32² DIP (5 % noise; the network fitted for 1500 /
+4000 steps) fifteen per-block steps drove some blocks' variances to 1e-6 / 4e-9 of their
+start, and the std's 90 % interval covered 59 % / 74 % of the voxels (test log-likelihood
+1.4 / 5.5 nats per voxel); the shared scale settled within three steps and covered 74 % /
+89 % (4.2 / 6.1 nats).
+
+**The noise variance stays fixed** by default (``fit_noise=False``). Its update needs the
+linear model's exact mode: with the mode a few hundred CG iterations reach on DIP-sized
+problems, the residual ``||r - M û||²`` is far too large and ``σ_y²`` swung by three orders
+of magnitude between steps (32² Shepp-Logan, 2 % noise, 100 iterations; also on the tooth
+scan), while the DIP's own noise estimate was within 25 % of the truth and the prior-only EM
+stayed stable.
+
+Length scales stay fixed at the value given (default 1 tap): they shape the prior within a
+filter, the variances carry its scale, and fitting them would need a second estimator.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+from tqdm.auto import tqdm
+
+from .moments import batches
+from .solvers import Method
+
+if TYPE_CHECKING:
+    from ..projector.operator import Operator
+    from .distributed import DistContext
+    from .priors import MaternPrior
+    from .solvers import SolverConfig
+
+__all__ = ["Posterior", "fit_hyperparameters"]
+
+MIN_GAMMA_FRACTION = 1e-3  # γ_b is kept above this fraction of n_b (sampling noise)
+# σ_b² is updated only where the estimate of γ_b exceeds this many standard errors
+GAMMA_SIGNIFICANCE = 2.0
+# EM never raises σ_b² above this multiple of its start, the scale of the fitted weights
+MAX_VARIANCE_GROWTH = 100.0
+logger = logging.getLogger("dip_uq")
+
+
+class Posterior(Protocol):
+    """What EM reads and updates of a :class:`~dip_uq.laplace.LinearisedLaplace` (a
+    protocol, so that this module need not import the class that calls it)."""
+
+    y: torch.Tensor
+    A: Operator
+    prior: MaternPrior
+    solver: SolverConfig
+    group: DistContext | None
+    noise_variance: float
+    history: dict[str, list]
+
+    @property
+    def linear_data(self) -> torch.Tensor:
+        """``r = y - A f(θ*) + A J θ*``, shape ``sino_shape``."""
+
+    def images(self, u: torch.Tensor) -> torch.Tensor:
+        """``J Σ^{1/2} u``: whitened weights ``(B, P)`` to images ``(B, *volume)``."""
+
+    def mode(self) -> torch.Tensor:
+        """The linear model's whitened posterior mode ``û``, ``(P,)``."""
+
+    def sample_weights(
+        self, n_samples: int, *, start: int = 0, x0: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict]:
+        """Whitened posterior samples ``(n_samples, P)`` and the solver's info."""
+
+
+def fit_hyperparameters(
+    lap: Posterior,
+    em_steps: int,
+    n_samples: int,
+    *,
+    batch: int | None = None,
+    per_block: bool = False,
+    fit_noise: bool = False,
+    progress: bool = False,
+) -> dict[str, list]:
+    """Run ``em_steps`` EM steps on ``lap`` in place; returns its :attr:`history`.
+
+    See :meth:`LinearisedLaplace.fit_hyperparameters`, which calls this, for the arguments.
+    """
+    mine = batches(n_samples, batch, lap.group)
+    states: list[torch.Tensor | None] = [None] * len(mine)  # warm starts, per batch
+    for _ in tqdm(range(em_steps), desc="EM", disable=not progress):
+        stats = _statistics(lap, mine, states)
+        _update(lap, stats, n_samples, states, per_block=per_block, fit_noise=fit_noise)
+    return lap.history
+
+
+def _statistics(
+    lap: Posterior, mine: list[tuple[int, int]], states: list[torch.Tensor | None]
+) -> torch.Tensor:
+    """The E-step's sums over all ranks, float64 ``(3 nb + 2,)``: ``[Σ_k d_k,b | Σ_k d_k,b² |
+    ||û_b||² (per block each) | Σ_k (Σ_b d_k,b)² | ||r - M û||²]`` with
+    ``d_k,b = ||u₀_k,b||² - ||u_k,b||²``; updates the warm starts ``states`` in place."""
+    blocks = lap.prior.blocks
+    nb = len(blocks)
+    # ranks other than 0 leave the mode's entries at 0 for the sum
+    stats = torch.zeros(3 * nb + 2, dtype=torch.float64)
+    for i, (start, stop) in enumerate(mine):
+        samples, info = lap.sample_weights(stop - start, start=start, x0=states[i])
+        states[i] = info["state"]
+        norms = lap.prior.block_sqnorms(samples.double())
+        # the samples' own base noise u₀ as control variate: E||u₀_b||² = n_b exactly, and
+        # ||u₀_b||² - ||u_b||² varies with the data-informed part of u_b only, where
+        # n_b - ||u_b||² carries the chi-square noise of n_b prior directions
+        base = lap.prior.block_sqnorms(info["base"].double())
+        d = torch.stack([base[b] - norms[b] for b in blocks]).cpu()  # (nb, batch)
+        stats[:nb] += d.sum(1)
+        stats[nb : 2 * nb] += d.square().sum(1)
+        stats[-2] += d.sum(0).square().sum()
+    if lap.group is None or lap.group.rank == 0:
+        # the mode is one deterministic solve: the other ranks would only repeat it
+        u_hat = lap.mode()
+        norms = lap.prior.block_sqnorms(u_hat[None].double())
+        stats[2 * nb : 3 * nb] = torch.stack([norms[b][0] for b in blocks]).cpu()
+        with torch.no_grad():
+            misfit = lap.linear_data - lap.A(lap.images(u_hat[None]))[0]
+        stats[-1] = float(misfit.double().square().sum())
+    if lap.group is not None:
+        stats = lap.group.all_reduce_sum(stats, "all-reduce of the EM statistics")
+    return stats
+
+
+def _update(
+    lap: Posterior,
+    stats: torch.Tensor,
+    n_samples: int,
+    states: list[torch.Tensor | None],
+    *,
+    per_block: bool,
+    fit_noise: bool,
+) -> None:
+    """The M-step from the E-step's ``stats``: new variances, the history, rescaled warm
+    starts ``states`` (in place)."""
+    m = lap.y.numel()
+    blocks = lap.prior.blocks
+    nb = len(blocks)
+    gammas = {}
+    for i, b in enumerate(blocks):
+        n_b = lap.prior.block_sizes[b]
+        gammas[b] = min(max(float(stats[i]) / n_samples, MIN_GAMMA_FRACTION * n_b), n_b)
+    if per_block:
+        factors = {
+            b: _em_factor(stats[i], stats[nb + i], stats[2 * nb + i], gammas[b], n_samples)
+            for i, b in enumerate(blocks)
+        }
+    else:
+        shared = _em_factor(
+            stats[:nb].sum(),
+            stats[-2],
+            stats[2 * nb : 3 * nb].sum(),
+            sum(gammas.values()),
+            n_samples,
+        )
+        factors = dict.fromkeys(blocks, shared)
+    new_variances, capped = {}, set()
+    for b in blocks:
+        new_variances[b] = lap.prior.variances[b] * factors[b]
+        cap = MAX_VARIANCE_GROWTH * lap.history[f"prior_variance/{b}"][0]
+        if new_variances[b] > cap:
+            capped.add(b)
+            new_variances[b] = cap
+    data_residual = float(stats[-1])
+    gamma_total = min(sum(gammas.values()), (1 - MIN_GAMMA_FRACTION) * m)
+    if fit_noise:
+        lap.noise_variance = data_residual / (m - gamma_total)
+    if lap.solver.method is not Method.CG:
+        # whitened warm starts refer to the old variances
+        states[:] = [_rescale(lap.prior, state, new_variances) for state in states]
+    lap.prior.variances = new_variances
+    lap.history["noise_variance"].append(lap.noise_variance)
+    lap.history.setdefault("data_residual", []).append(data_residual)
+    lap.history.setdefault("gamma_total", []).append(gamma_total)
+    if capped:
+        logger.warning(
+            "EM pushed the prior variance of %s beyond %g times its start and was stopped "
+            "there; the posterior samples have probably not converged: raise "
+            "SolverConfig.iterations",
+            ", ".join(sorted(capped)),
+            MAX_VARIANCE_GROWTH,
+        )
+    for b in blocks:
+        lap.history[f"prior_variance/{b}"].append(new_variances[b])
+        lap.history.setdefault(f"gamma/{b}", []).append(gammas[b])
+
+
+def _em_factor(
+    d_sum: torch.Tensor,
+    d_sqsum: torch.Tensor,
+    mode_sqnorm: torch.Tensor,
+    gamma: float,
+    n_samples: int,
+) -> float:
+    """The M-step's factor on the variances of a set of blocks, ``||û||² / γ``, from the
+    samples' sums ``Σ_k d_k`` and ``Σ_k d_k²`` (``d_k`` the control-variate estimates of
+    ``γ``); 1 (no update) when ``γ`` is lost in its Monte-Carlo error."""
+    mean = float(d_sum) / n_samples
+    spread = max(float(d_sqsum) / n_samples - mean**2, 0.0)
+    if mean > GAMMA_SIGNIFICANCE * math.sqrt(spread / n_samples):
+        return float(mode_sqnorm) / gamma
+    return 1.0
+
+
+def _rescale(prior: MaternPrior, u: torch.Tensor, variances: dict[str, float]) -> torch.Tensor:
+    """The whitened coordinates ``(B, P)`` under ``prior`` of the same weights under new
+    block ``variances``."""
+    factors = torch.cat(
+        [
+            u.new_full((w.numel,), math.sqrt(prior.variances[w.block] / variances[w.block]))
+            for w in prior.weights
+        ]
+    )
+    return u * factors

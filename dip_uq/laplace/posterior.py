@@ -1,0 +1,498 @@
+"""The linearised Laplace posterior of a DIP reconstruction: :class:`LinearisedLaplace`.
+
+The network is linearised around its fitted weights, ``h(θ) = f(θ*) + J (θ - θ*)`` over the
+convolution weights, with a Gaussian prior ``θ ~ N(0, Σ)``
+(:class:`~dip_uq.laplace.priors.MaternPrior`) and Gaussian noise ``y = A h(θ) + ε``,
+``ε ~ N(0, σ_y² I)``. The image posterior is Gaussian; its covariance is ``J Σ_θ Jᵀ`` with
+``Σ_θ = (Σ⁻¹ + Jᵀ Aᵀ A J / σ_y²)⁻¹``.
+
+**Sampling (sample-then-optimise).** In prior-whitened coordinates ``θ = Σ^{1/2} u`` and with
+``M = A J Σ^{1/2}``, draw ``u₀ ~ N(0, I)``, ``e₀ ~ N(0, I_m)`` and set
+``u_n = u₀ + Mᵀ e₀ / σ_y``. The minimiser of::
+
+    L(u) = ||M u||² / σ_y² + ||u - u_n||²,   i.e. the solution of  (I + MᵀM / σ_y²) u = u_n,
+
+is an exact zero-mean posterior sample (its covariance is ``(I + MᵀM/σ_y²)⁻¹``); ``J Σ^{1/2} u``
+is the image sample. This "noise in the regulariser" form has the same minimiser as
+``||M u - σ_y e₀||²/σ_y² + ||u - u₀||²`` with a lower-variance gradient. SGD solves this
+weight-space system. The default, CG, solves the equivalent measurement-space system
+``u = u₀ + Mᵀ a``, ``(M Mᵀ + σ_y² I) a = σ_y e₀ - M u₀`` (Matheron's rule; see
+:mod:`dip_uq.laplace.solvers`), preconditioned by a randomised Nyström approximation of
+``M Mᵀ`` (:mod:`dip_uq.laplace.preconditioner`), built once per set of hyperparameters:
+without it the 60–300 iterations we could afford left the samples close to the prior and
+the std several times too wide (a 32² DIP needed 1203 plain CG iterations to a relative
+residual of 1e-3, 58 with rank 200). All samples of a batch are optimised together.
+
+Random numbers come from one generator per sample index, seeded by ``(seed, index)``, and
+the solver stops every sample on its own residual; the samples are solved and their moments
+merged batch by batch (:mod:`dip_uq.laplace.moments`, which says when two runs give the same
+samples). The hyperparameters are fitted by sample-based EM (:mod:`dip_uq.laplace.em`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from . import em
+from .distributed import all_reduce_moments
+from .linearised import LinearisedNetwork
+from .moments import Moments, accumulate, batches
+from .preconditioner import NystromPreconditioner
+from .priors import MaternPrior
+from .solvers import Method, SolverConfig, solve
+
+if TYPE_CHECKING:
+    from ..dip import DIP
+    from ..networks import ConvWeight
+    from ..projector.operator import Operator
+    from .distributed import DistContext
+
+__all__ = ["LinearisedLaplace"]
+
+_SEED_STRIDE = 1_000_003  # mixes (seed, sample index) into one generator seed
+# samples whose relative residual ends above this multiple of the solver's tolerance get a
+# warning: float32 CG may stop a row on a breakdown a little above the tolerance (2e-3
+# measured), harmless, while 100 iterations of the earlier plain-sketch preconditioner
+# (residual ~5e-2) left the 24³ demo's std five times the converged one
+_UNCONVERGED_FACTOR = 10.0
+logger = logging.getLogger("dip_uq")
+
+
+class LinearisedLaplace:
+    """Posterior samples, per-voxel standard deviations and EM-fitted hyperparameters.
+
+    Build it from a fitted :class:`dip_uq.DIP` (``LinearisedLaplace(rec)``) or from parts.
+
+    Args:
+        rec: a fitted ``DIP``; supplies ``image_fn``, ``params``, ``weights``, ``operator``
+            and ``y`` (the sinogram it was fitted to, ``rec.y``).
+        image_fn: maps a parameter dict to the image ``volume.shape``.
+        params: the fitted parameters ``θ*``.
+        weights: the convolution weights to linearise over (``UNet.conv_weights()``).
+        operator: the ray transform ``A``.
+        y: the measured sinogram ``geometry.sino_shape``; given with ``rec``, it replaces
+            ``rec.y``.
+        noise_variance: initial ``σ_y²``; default, with a fitted DIP, the square of its noise
+            estimate ``rec.noise_sigma`` (from the data's own consistency, see
+            :func:`dip_uq.noise.estimate_noise_sigma`), else the fit's residual
+            ``||A f(θ*) - y||² / m`` (an underestimate where the DIP overfits).
+        prior_variance: initial ``σ_b²`` (a number or per block); default, per block,
+            ``θ*_bᵀ K_b⁻¹ θ*_b / n_b``, the scale of the fitted weights.
+        lengthscale: Matérn-½ length scale ``ℓ_b`` in taps (fixed).
+        seed: seed of the sample generators.
+        solver: :class:`SolverConfig` for samples (and, with CG, for the mode).
+        chunk: vectors per batched Jacobian product; by default sized from the network's
+            measured activation memory (see :class:`LinearisedNetwork`).
+        group: a :class:`~dip_uq.laplace.distributed.DistContext` to share the samples of
+            :meth:`moments` and :meth:`fit_hyperparameters` among its processes (every rank
+            builds the same object); ``None`` (default) for one process.
+    """
+
+    def __init__(
+        self,
+        rec: DIP | None = None,
+        *,
+        image_fn: Callable[[Mapping[str, torch.Tensor]], torch.Tensor] | None = None,
+        params: Mapping[str, torch.Tensor] | None = None,
+        weights: Sequence[ConvWeight] | None = None,
+        operator: Operator | None = None,
+        y: torch.Tensor | None = None,
+        noise_variance: float | None = None,
+        prior_variance: float | dict[str, float] | None = None,
+        lengthscale: float | dict[str, float] = 1.0,
+        seed: int = 0,
+        solver: SolverConfig | None = None,
+        chunk: int | None = None,
+        group: DistContext | None = None,
+    ) -> None:
+        if rec is not None:
+            image_fn, params, weights, operator = self._parts_of(rec)
+            y = rec.y if y is None else y
+            if noise_variance is None and rec.noise_sigma:
+                noise_variance = float(rec.noise_sigma) ** 2
+        if any(v is None for v in (image_fn, params, weights, operator, y)):
+            raise ValueError(
+                "LinearisedLaplace needs a fitted DIP, or image_fn, params, weights, operator and "
+                "y (pass y= for a DIP without rec.y)"
+            )
+        self.A = operator
+        self.y = y.detach()
+        if tuple(self.y.shape) != tuple(operator.range_shape):
+            raise ValueError(
+                f"y has shape {tuple(self.y.shape)}, the operator expects {operator.range_shape}"
+            )
+        self.model = LinearisedNetwork(image_fn, params, weights, chunk=chunk)
+        self.seed = int(seed)
+        self.solver = solver or SolverConfig()
+        self.group = group
+        with torch.no_grad():
+            self._fit_residual = self.y - self.A(self.model.image_star)
+        m = self.y.numel()
+        if noise_variance is None:
+            noise_variance = float(self._fit_residual.square().sum()) / m
+        self.noise_variance = float(noise_variance)
+        self.prior = MaternPrior(weights, 1.0, lengthscale)
+        if prior_variance is None:
+            # σ_b² = θ*ᵀ K⁻¹ θ* / n_b: unit-variance whitened fitted weights per block
+            norms = self.prior.block_sqnorms(self.prior.inv_sqrt(self.model.theta_star[None]))
+            prior_variance = {b: float(v[0]) / self.prior.block_sizes[b] for b, v in norms.items()}
+        self.prior = MaternPrior(weights, prior_variance, lengthscale)
+        self.history: dict[str, list] = {"noise_variance": [self.noise_variance]}
+        for b in self.prior.blocks:
+            self.history[f"prior_variance/{b}"] = [self.prior.variances[b]]
+        self._mode_state: torch.Tensor | None = None  # CG warm start of the mode
+        # (rank, prior variances relative to the first block's, preconditioner) of the last
+        # build
+        self._preconditioner_built: tuple[int, dict, NystromPreconditioner] | None = None
+
+    @staticmethod
+    def _parts_of(rec: DIP) -> tuple:
+        """``(image_fn, params, weights, operator)`` of a fitted :class:`dip_uq.DIP`."""
+        if rec.params_star is None:
+            raise ValueError("the DIP reconstructor has not been fitted; call rec.fit(y) first")
+        return rec.image, rec.params_star, rec.network.conv_weights(), rec.A
+
+    # -- the whitened linear system ----------------------------------------------------------
+    @property
+    def noise_std(self) -> float:
+        """``σ_y``, in the units of the sinogram."""
+        return math.sqrt(self.noise_variance)
+
+    def images(self, u: torch.Tensor) -> torch.Tensor:
+        """``J Σ^{1/2} u``: whitened weight vectors ``(B, P)`` to images ``(B, *volume)``."""
+        return self.model.jvp(self.prior.sqrt(u))
+
+    def _m(self, u: torch.Tensor) -> torch.Tensor:
+        return self.A(self.images(u))
+
+    def _m_t(self, s: torch.Tensor) -> torch.Tensor:
+        return self.prior.sqrt_t(self.model.vjp(self.A.adjoint(s)))
+
+    def _normal(self, u: torch.Tensor) -> torch.Tensor:
+        """``(I + MᵀM / σ_y²) u`` on whitened weights ``(B, P)``."""
+        return u + self._m_t(self._m(u)) / self.noise_variance
+
+    def _gram(self, a: torch.Tensor) -> torch.Tensor:
+        """``M Mᵀ a`` on flattened sinograms ``(B, m)``."""
+        return self._m(self._m_t(a.reshape(-1, *self.y.shape))).reshape(a.shape)
+
+    def _dual(self, a: torch.Tensor) -> torch.Tensor:
+        """``(M Mᵀ + σ_y² I) a`` on flattened sinograms ``(B, m)``."""
+        return self._gram(a) + self.noise_variance * a
+
+    def preconditioner(self) -> NystromPreconditioner | None:
+        """The Nyström preconditioner of the CG solves for the current hyperparameters, or
+        ``None`` when ``SolverConfig.preconditioner_rank`` is 0.
+
+        Building it costs ``2 preconditioner_rank`` products with ``M Mᵀ``; it is rebuilt only
+        when the blocks' prior variances change relative to each other. ``M Mᵀ`` is
+        ``Σ_b σ_b² A J_b K_b J_bᵀ Aᵀ``, so one factor on every ``σ_b²`` (the default EM)
+        scales its eigenvalues by that factor, and ``σ_y²`` is the shift alone: both are
+        applied to the stored eigenpairs exactly, for free.
+        """
+        rank = self.solver.preconditioner_rank
+        if rank == 0:
+            return None
+        # built for the variances relative to the first block's, so that the same relative
+        # variances give the same preconditioner whatever the history (a resumed EM too)
+        variances = self.prior.variances
+        scale = variances[self.prior.blocks[0]]
+        relative = {b: v / scale for b, v in variances.items()}
+        built = self._preconditioner_built
+        if not (
+            built is not None
+            and built[0] == rank
+            and all(math.isclose(relative[b], built[1][b], rel_tol=1e-9) for b in relative)
+        ):
+            logger.info("building the rank-%d Nyström preconditioner", min(rank, self.y.numel()))
+            self.prior.variances = relative
+            try:
+                pre = NystromPreconditioner.build(
+                    self._gram, self.y.numel(), rank, 1.0, like=self.y, seed=self.seed
+                )
+            finally:
+                self.prior.variances = variances
+            built = self._preconditioner_built = (rank, relative, pre)
+        pre = built[2]
+        return NystromPreconditioner(pre.basis, pre.eigenvalues * scale, self.noise_variance)
+
+    def _solve_dual(
+        self, rhs: torch.Tensor, x0: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """``u = Mᵀ a`` with ``(M Mᵀ + σ_y² I) a = rhs`` by CG; returns ``u``, ``a``, info.
+
+        Solving in measurement space keeps float32 usable: directions of ``a`` that the
+        conditioning leaves inaccurate are those ``Mᵀ`` barely passes on to ``u``.
+        """
+        config = SolverConfig(**{**vars(self.solver), "method": Method.CG})
+        flat = rhs.reshape(rhs.shape[0], -1)
+        start = None if x0 is None else x0.reshape(flat.shape)
+        with torch.no_grad():
+            a, info = solve(
+                self._dual,
+                flat,
+                x0=start if start is not None else 0 * flat,
+                config=config,
+                preconditioner=self.preconditioner(),
+            )
+            a = a.reshape(rhs.shape)
+            return self._m_t(a), a, info
+
+    def _base_noise(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``u₀ (B, P)`` and ``e₀ (B, *sino)`` for the given global sample indices."""
+        like = self.model.theta_star
+        u0, e0 = [], []
+        for k in indices:
+            g = torch.Generator(device=like.device).manual_seed(self.seed * _SEED_STRIDE + k)
+            u0.append(torch.randn(self.model.n_params, generator=g, device=like.device))
+            e0.append(torch.randn(self.y.shape, generator=g, device=like.device))
+        return torch.stack(u0).to(like.dtype), torch.stack(e0).to(self.y.dtype)
+
+    # -- samples and standard deviations -----------------------------------------------------
+    def sample_weights(
+        self,
+        n_samples: int,
+        *,
+        method: Method | str | None = None,
+        start: int = 0,
+        x0: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict]:
+        """Whitened zero-mean posterior samples ``u_k`` ``(n_samples, P)`` and solver info.
+
+        ``start`` is the global index of the first sample (samples are reproducible per
+        index). CG solves the equivalent measurement-space system (Matheron's rule)
+        ``u = u₀ + Mᵀ a``, ``(M Mᵀ + σ_y² I) a = σ_y e₀ - M u₀``; SGD minimises the
+        weight-space objective of the module docstring. ``x0`` warm-starts them (``a`` for
+        CG, ``u`` otherwise); the info dict returns the end point as ``"state"`` and the
+        samples' base noise ``u₀`` as ``"base"``.
+        """
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be at least 1, got {n_samples}")
+        method = Method(self.solver.method if method is None else method)
+        u0, e0 = self._base_noise(range(start, start + n_samples))
+        with torch.no_grad():
+            if method is Method.CG:
+                u, a, info = self._solve_dual(self.noise_std * e0 - self._m(u0), x0)
+                return u0 + u, {**info, "state": a, "base": u0}
+            b = u0 + self._m_t(e0) / self.noise_std
+            if method is Method.EXACT:
+                exact = {"iterations": 0, "residual": torch.zeros(n_samples), "base": u0}
+                return self._exact_solve(b), exact
+            config = SolverConfig(**{**vars(self.solver), "method": method})
+            u, info = solve(self._normal, b, x0=x0, config=config)
+            return u, {**info, "state": u, "base": u0}
+
+    def sample(
+        self, n_samples: int, *, method: Method | str | None = None, start: int = 0
+    ) -> torch.Tensor:
+        """Zero-mean image-space posterior samples ``J ζ_k``, shape ``(n_samples, *volume)``,
+        with global indices ``start, ..., start + n_samples - 1``.
+
+        Add the reconstruction (``mean``) to get samples of the image itself.
+        """
+        u, info = self.sample_weights(n_samples, method=method, start=start)
+        self.last_solve = info
+        worst = float(info["residual"].max())
+        if worst > _UNCONVERGED_FACTOR * self.solver.tolerance:
+            logger.warning(
+                "posterior samples %d-%d: the solver stopped after %d iterations at relative "
+                "residuals up to %.1e (tolerance %.0e); unconverged samples stay close to the "
+                "prior and make the std too wide: raise SolverConfig.iterations",
+                start,
+                start + n_samples - 1,
+                info["iterations"],
+                worst,
+                self.solver.tolerance,
+            )
+        with torch.no_grad():
+            return self.images(u)
+
+    def moments(
+        self,
+        n_samples: int,
+        *,
+        batch: int | None = None,
+        checkpoint: str | os.PathLike | None = None,
+        keep_samples: bool = False,
+        progress: bool = False,
+    ) -> Moments:
+        """Per-voxel moments of ``n_samples`` posterior samples, drawn in batches.
+
+        The samples ``0, ..., n_samples - 1`` are cut into batches ``[0, batch)``,
+        ``[batch, 2 batch)``, ... With :attr:`group`, each rank draws a contiguous share of
+        the batches and the moments are merged across ranks: every rank returns the moments
+        of all samples (only its own in ``samples``). With the same ``batch``, the result
+        agrees with one process's to round-off.
+
+        Args:
+            n_samples: the number of samples (all ranks together).
+            batch: samples solved together (memory grows with it); default an even share
+                per rank, ``ceil(n_samples / world_size)``. Give it explicitly for results
+                that do not depend on the number of ranks (:mod:`dip_uq.laplace.moments`).
+            checkpoint: a directory of per-batch checkpoints, written and resumed from as
+                :func:`dip_uq.laplace.moments.accumulate` says; files written under other
+                settings (seed, solver, hyperparameters, shapes) are refused
+                (``ValueError``). They do not depend on the number of ranks.
+            keep_samples: also return this rank's samples (kept in the checkpoint files
+                too), e.g. for :func:`dip_uq.metrics.patch_tll`.
+            progress: show a progress bar over this rank's batches.
+        """
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be at least 1, got {n_samples}")
+        mine = batches(n_samples, batch, self.group)
+        local = accumulate(
+            lambda n, start: self.sample(n, start=start),
+            mine,
+            self.model.image_star,
+            folder=checkpoint,
+            fingerprint=self._checkpoint_settings(),
+            keep_samples=keep_samples,
+            progress=progress,
+        )
+        count, mean, m2 = local.count, local.mean, local.m2
+        if self.group is not None:
+            count, mean, m2 = all_reduce_moments(count, mean, m2, self.group)
+        return Moments(count, mean, m2, local.samples, local.indices)
+
+    def _checkpoint_settings(self) -> dict[str, Any]:
+        """What the samples of a checkpoint depend on besides their indices."""
+        solver = {k: getattr(v, "value", v) for k, v in vars(self.solver).items()}
+        del solver["progress"]
+        return {
+            "seed": self.seed,
+            "volume": list(self.model.image_star.shape),
+            "sinogram": list(self.y.shape),
+            "n_params": self.model.n_params,
+            "solver": solver,
+            "noise_variance": self.noise_variance,
+            "prior_variances": dict(self.prior.variances),
+        }
+
+    def std(
+        self,
+        n_samples: int = 32,
+        *,
+        samples: torch.Tensor | None = None,
+        batch: int | None = None,
+        checkpoint: str | os.PathLike | None = None,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Per-voxel posterior standard deviation ``sqrt(mean_k ζ_k²)``, shape ``(*volume)``,
+        in the units and dtype of the image: from the given zero-mean ``samples``
+        ``(n, *volume)``, or from ``n_samples`` drawn by :meth:`moments` (which see for
+        ``batch``, ``checkpoint`` and the processes of :attr:`group`)."""
+        if samples is None:
+            moments = self.moments(n_samples, batch=batch, checkpoint=checkpoint, progress=progress)
+        else:
+            moments = Moments.of(samples)
+        return moments.std.to(self.model.image_star.dtype)
+
+    # -- hyperparameters ---------------------------------------------------------------------
+    @cached_property
+    def linear_data(self) -> torch.Tensor:
+        """``r = y - A f(θ*) + A J θ*``, shape ``sino_shape``: the data the linear model
+        ``A J θ`` is fitted to (fixed: computed once, at the first EM step)."""
+        with torch.no_grad():
+            return self._fit_residual + self.A(self.model.jvp(self.model.theta_star[None]))[0]
+
+    def mode(self) -> torch.Tensor:
+        """The linear model's posterior mode ``û = Mᵀ (M Mᵀ + σ_y² I)⁻¹ r`` (whitened,
+        ``(P,)``), ``r = y - A f(θ*) + A J θ*``; warm-started from the previous call."""
+        u, self._mode_state, _ = self._solve_dual(self.linear_data[None], self._mode_state)
+        return u[0]
+
+    def fit_hyperparameters(
+        self,
+        em_steps: int = 10,
+        n_samples: int = 16,
+        *,
+        batch: int | None = None,
+        per_block: bool = False,
+        fit_noise: bool = False,
+        progress: bool = False,
+    ) -> dict[str, list]:
+        """Tune the prior variances (and ``σ_y²``) by sample-based EM (:mod:`dip_uq.laplace.em`).
+
+        Args:
+            em_steps: the EM steps to make.
+            n_samples: posterior samples per E-step (all ranks together): the samples
+                ``0, ..., n_samples - 1``, warm-started from the previous step's.
+            batch: samples solved together, as in :meth:`moments` (default
+                ``ceil(n_samples / world_size)``).
+            per_block: update every block's ``σ_b²`` on its own instead of one factor on all
+                of them (the default: the blocks keep the relative scales of the fitted
+                weights; :mod:`dip_uq.laplace.em` says why).
+            fit_noise: also update ``σ_y²``; by default it keeps its value (with a DIP, the
+                DIP's noise estimate; :mod:`dip_uq.laplace.em` says why).
+            progress: show a progress bar over the steps.
+
+        With :attr:`group`, each rank draws its share of the batches, rank 0 alone solves for
+        the mode, and one all-reduce per step sums the statistics, so every rank makes the
+        same M-step and holds the same hyperparameters and history.
+
+        Returns :attr:`history`: every hyperparameter, the effective dimensions ``γ_b`` and the
+        data residual per step (index 0 is the initial value).
+        """
+        return em.fit_hyperparameters(
+            self,
+            em_steps,
+            n_samples,
+            batch=batch,
+            per_block=per_block,
+            fit_noise=fit_noise,
+            progress=progress,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The hyperparameters, their :attr:`history` and the mode's warm start: what
+        :meth:`load_state_dict` needs to continue EM exactly where it stopped."""
+        return {
+            "noise_variance": self.noise_variance,
+            "prior_variances": dict(self.prior.variances),
+            "history": {k: list(v) for k, v in self.history.items()},
+            "mode_state": None if self._mode_state is None else self._mode_state.cpu(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved (same network, data and blocks)."""
+        if set(state["prior_variances"]) != set(self.prior.blocks):
+            raise ValueError(
+                f"the saved prior has blocks {sorted(state['prior_variances'])}, this network "
+                f"{sorted(self.prior.blocks)}"
+            )
+        self.noise_variance = float(state["noise_variance"])
+        self.prior.variances = dict(state["prior_variances"])
+        self.history = {k: list(v) for k, v in state["history"].items()}
+        mode = state["mode_state"]
+        self._mode_state = None if mode is None else mode.to(self.y.device)
+
+    # -- dense references (tiny problems only) -----------------------------------------------
+    def _dense_m(self) -> torch.Tensor:
+        eye = torch.eye(self.model.n_params, dtype=self.model.theta_star.dtype)
+        with torch.no_grad():
+            return self._m(eye).reshape(self.model.n_params, -1).T  # (m, P)
+
+    def _exact_solve(self, b: torch.Tensor) -> torch.Tensor:
+        M = self._dense_m().double()
+        N = torch.eye(M.shape[1], dtype=torch.float64) + M.T @ M / self.noise_variance
+        return torch.linalg.solve(N, b.double().T).T.to(b.dtype)
+
+    def exact_covariance(self) -> torch.Tensor:
+        """Dense image-space posterior covariance ``(n_voxels, n_voxels)`` in float64, from
+        ``J Σ Jᵀ - J Σ Jᵀ Aᵀ (A J Σ Jᵀ Aᵀ + σ_y² I)⁻¹ A J Σ Jᵀ`` (tiny problems only)."""
+        eye = torch.eye(self.model.n_params, dtype=self.model.theta_star.dtype)
+        with torch.no_grad():
+            JS = self.images(eye).reshape(self.model.n_params, -1).T.double()  # (n, P)
+            prior_cov = JS @ JS.T
+            flat = torch.eye(JS.shape[0], dtype=self.y.dtype).reshape(-1, *self.A.domain_shape)
+            A = self.A(flat).reshape(JS.shape[0], -1).T.double()  # (m, n)
+        gain = A @ prior_cov
+        inner = gain @ A.T + self.noise_variance * torch.eye(A.shape[0], dtype=torch.float64)
+        return prior_cov - gain.T @ torch.linalg.solve(inner, gain)
