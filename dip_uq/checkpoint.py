@@ -54,7 +54,7 @@ def _same(a: Any, b: Any, rtol: float) -> bool:
     if isinstance(a, Mapping) and isinstance(b, Mapping):
         return a.keys() == b.keys() and all(_same(a[k], b[k], rtol) for k in a)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same(u, v, rtol) for u, v in zip(a, b))
+        return len(a) == len(b) and all(_same(u, v, rtol) for u, v in zip(a, b, strict=True))
     if isinstance(a, float) and isinstance(b, float):
         return a == b or math.isclose(a, b, rel_tol=rtol)
     return a == b

@@ -14,15 +14,19 @@ import sys
 import time
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from . import __version__
-from .evaluate import METHODS as EVALUATED
-from .evaluate import SUITES, markdown_table, run_suite
+from .evaluate import SUITE_METHODS, SUITES, markdown_table, run_suite
 from .pipeline import METHODS, UQ_METHODS, Settings
 from .simulation import PHANTOMS, SCAN_GEOMETRIES
+
+if TYPE_CHECKING:
+    from .geometry import Volume
+    from .pipeline import Result
+    from .scan import Scan
 
 __all__ = ["main"]
 
@@ -62,16 +66,22 @@ def _versions() -> dict[str, str]:
 def _prepare_output(
     out: Path, names: tuple[str, ...], overwrite: bool, resume: bool = False
 ) -> None:
-    """Refuse to replace results without ``--overwrite``; with it (and without ``--resume``),
-    clear the checkpoints of an earlier run. Checkpoints without either flag are refused by
-    :func:`dip_uq.pipeline.run`."""
-    from .pipeline import remove_checkpoints
+    """Refuse to replace results without ``--overwrite``, and to start over an unfinished
+    run without ``--resume`` or ``--overwrite``; with ``--overwrite`` (and without
+    ``--resume``), clear the checkpoints of the earlier run."""
+    from .pipeline import find_checkpoints, remove_checkpoints
 
     existing = [n for n in names if (out / n).exists()]
     if existing and not overwrite:
         raise UserError(
             f"{out} already holds {', '.join(existing)}; pass --overwrite to replace them "
             "or choose another --out"
+        )
+    found = find_checkpoints(out)
+    if found and not (overwrite or resume):
+        raise UserError(
+            f"{out} holds checkpoints of an unfinished run ({', '.join(found)}); pass "
+            "--resume to continue it or --overwrite to start again"
         )
     if overwrite and not resume:
         remove_checkpoints(out)
@@ -83,7 +93,7 @@ def _settings(args: argparse.Namespace) -> Any:
     return Settings(**given)
 
 
-def _run_and_write(scan: Any, volume: Any, args: argparse.Namespace, title: str) -> None:
+def _run_and_write(scan: Scan, volume: Volume, args: argparse.Namespace, title: str) -> None:
     """Run the pipeline on ``scan`` and write its outputs (:data:`dip_uq.outputs.OUTPUTS`)
     into ``args.out``.
 
@@ -139,7 +149,7 @@ def _run_and_write(scan: Any, volume: Any, args: argparse.Namespace, title: str)
     _print_summary(written, result, str(device))
 
 
-def _print_summary(written: list[Path], result: Any, device: str) -> None:
+def _print_summary(written: list[Path], result: Result, device: str) -> None:
     print(f"wrote {', '.join(map(str, written))}")
     s = result.scores
     parts = [f"FBP PSNR {s['psnr_fbp_db']:.2f} dB"] if "psnr_fbp_db" in s else []
@@ -219,6 +229,7 @@ def _slice(text: str | None) -> tuple[int, int] | int | None:
 def reconstruct(args: argparse.Namespace) -> None:
     """Reconstruct a scan file (FBP or DIP) and, for DIP, its per-voxel uncertainty."""
     from . import io
+    from .scan import default_volume
 
     center = args.center_offset
     center = None if center is None else center if center == "auto" else float(center)
@@ -234,7 +245,7 @@ def reconstruct(args: argparse.Namespace) -> None:
     if args.size is None and args.voxel_size is None and scan.volume is not None:
         volume = scan.volume
     else:
-        volume = io.default_volume(scan, size=args.size, voxel_size=args.voxel_size)
+        volume = default_volume(scan, size=args.size, voxel_size=args.voxel_size)
         scan = scan.replace(truth=None)  # a truth on another grid cannot be compared
     _run_and_write(scan, volume, args, f"dip-uq reconstruct {Path(args.scan).name}")
 
@@ -259,7 +270,7 @@ def evaluate(args: argparse.Namespace) -> None:
         progress=not args.quiet,
         resume=args.resume,
     )
-    print(markdown_table(rows, SUITES[args.suite].settings.tll_patch))
+    print(markdown_table(rows, SUITES[args.suite].tll_patch))
     print(f"{len(rows)} rows in {time.perf_counter() - started:.0f} s; tables and plots in {out}")
 
 
@@ -513,11 +524,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "limited-angle, 1 % and 5 % noise) through FBP, DIP with the linearised Laplace "
         "(before and after EM), MC dropout and SGLD; write results.csv, results.md and a "
         "calibration plot per case to --out. 'small' takes about 15 minutes on 2 CPU cores, "
-        "'full' is for a GPU, 'tiny' holds the tests' two cases.",
+        "'full' is for a GPU.",
     )
     p.add_argument("--suite", choices=list(SUITES), default="small", help="(default: %(default)s)")
     p.add_argument(
-        "--methods", nargs="+", choices=EVALUATED, default=list(EVALUATED), help="(default: all)"
+        "--methods",
+        nargs="+",
+        choices=SUITE_METHODS,
+        default=list(SUITE_METHODS),
+        help="(default: all)",
     )
     p.add_argument("--cases", nargs="+", help="case names of the suite (default: all)")
     p.add_argument("--out", default="dip-uq-eval", help="output folder (default: %(default)s)")
@@ -571,6 +586,19 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+# the library's messages name its Python settings; on the command line, the option that sets it
+_FLAGS = {"SolverConfig.iterations": "--cg-iterations"}
+
+
+def _name_the_flags(record: logging.LogRecord) -> bool:
+    """Logging filter: rewrite the settings a message names into this command's options."""
+    message = record.getMessage()
+    for setting, flag in _FLAGS.items():
+        message = message.replace(setting, flag)
+    record.msg, record.args = message, None
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``dip-uq``; returns the exit status."""
     try:
@@ -581,6 +609,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s"
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_name_the_flags)
     try:
         args.run(args)
     except (UserError, ValueError, FileNotFoundError, PermissionError) as error:

@@ -1,7 +1,9 @@
 """The evaluation suite: calibration of the uncertainty on synthetic scans with a known truth.
 
 A suite is a fixed, seeded list of :class:`Case` (phantom, geometry, angles, noise) and one
-:class:`Settings` (iterations, samples, network width). Every case is simulated by
+:class:`dip_uq.pipeline.Settings` (iterations, samples, network width), run through the
+stages of :mod:`dip_uq.pipeline`, the ones ``dip-uq reconstruct`` runs. Every case is
+simulated by
 :func:`dip_uq.simulation.simulate_scan` (the phantom times ``SCAN_ATTENUATION`` in 1/mm,
 Gaussian noise relative to ``mean |A x|``) and reconstructed by
 
@@ -13,12 +15,12 @@ Gaussian noise relative to ``mean |A x|``) and reconstructed by
 
 Metrics per method (:func:`dip_uq.metrics.summary`): PSNR and SSIM of the mean; coverage of the
 central 50/90/95 % Gaussian intervals ``mean ± z std``; the patch-wise Gaussian test
-log-likelihood (TLL, nats per voxel) for patch side 1 and :attr:`Settings.tll_patch`;
+log-likelihood (TLL, nats per voxel) for patch side 1 and :attr:`Suite.tll_patch`;
 Spearman's rank correlation between the std and ``|mean - truth|``; wall time in seconds
 (the Laplace rows include the DIP fit they linearise, so every row is the cost of getting
 that output from the data). Uncertainty metrics of FBP are NaN.
 
-Suites (:data:`SUITES`): ``tiny`` (two 32² cases of ``small``; the tests), ``small`` (2D
+Suites (:data:`SUITES`): ``small`` (2D
 32²/48², 3D 16³; 14 minutes on a 2-core CPU), ``full`` (2D 128², 3D 64³; for a GPU). Each covers
 sparse-view and limited-angle scans at 1 % and 5 % noise, Shepp-Logan and random-ellipse
 phantoms, parallel beam in 2D and cone beam in 3D.
@@ -35,27 +37,24 @@ import csv
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import metrics
-from .dip import DIP
-from .io import Scan
-from .laplace import LinearisedLaplace, SolverConfig
-from .networks import UNet
+from . import metrics, pipeline
+from .pipeline import Settings
 from .projector import RayTransform
+from .scan import Scan
 from .simulation import PHANTOMS, SCAN_GEOMETRIES, simulate_scan
 
 __all__ = [
     "LEVELS",
-    "METHODS",
     "SUITES",
+    "SUITE_METHODS",
     "Case",
-    "Settings",
     "Suite",
     "evaluate_case",
     "markdown_table",
@@ -65,8 +64,7 @@ __all__ = [
 logger = logging.getLogger("dip_uq")
 
 LEVELS = (0.5, 0.9, 0.95)  # central-interval coverages reported
-METHODS = ("fbp", "laplace", "laplace-em", "mc-dropout", "sgld")
-FBP_FILTER = "hann"
+SUITE_METHODS = ("fbp", "laplace", "laplace-em", "mc-dropout", "sgld")
 
 
 @dataclass(frozen=True)
@@ -139,44 +137,24 @@ class Case:
 
 
 @dataclass(frozen=True)
-class Settings:
-    """Method settings shared by every case of a suite.
+class Suite:
+    """A named list of cases run with one set of :class:`dip_uq.pipeline.Settings`.
 
     Attributes:
-        dip_iterations: Adam steps of every DIP fit (Laplace, MC-dropout, SGLD alike);
-            ``None`` for the DIP's default for its estimate of the noise level
-            (:func:`dip_uq.dip.default_iterations`; 2000 for the suites' 5 % cases, 5200 for
-            their 1 % cases), as a user would run it. (Fewer steps leave the DIP short of the
-            data: with 400 on the tiny case its PSNR was 18.8 dB against 24.5 dB, and the
-            Laplace std, which describes the uncertainty about a fitted network, covered 72 %
-            of its 90 % interval.)
-        channels: U-Net channels per scale (``UNet.default_for(shape, channels=...)``);
-            ``None`` for the default width (128 in 2D, 32 in 3D).
-        n_samples: posterior samples per method for the std and the metrics.
-        em_steps: EM cycles of ``laplace-em``.
-        em_samples: samples per EM cycle.
-        cg_iterations: the most (preconditioned) CG iterations per Laplace solve (tolerance
-            1e-3; the tiny case needs about 60).
-        tll_patch: the larger patch side of the patch-wise TLL; ``n_samples`` should be well
+        name: identifier in the tables.
+        cases: the scans.
+        settings: how every case is reconstructed, as ``dip-uq reconstruct`` would with
+            these options; ``seed`` is replaced by each case's seed. ``laplace`` is the std at
+            the initial hyperparameters, ``laplace-em`` after ``em_steps`` EM steps of
+            ``em_samples`` samples; both and the baselines draw ``samples`` samples.
+        tll_patch: the larger patch side of the patch-wise TLL; ``samples`` should be well
             above ``tll_patch ** dim`` (the patch covariance is estimated from the samples).
     """
-
-    dip_iterations: int | None
-    channels: int | None
-    n_samples: int
-    em_steps: int
-    em_samples: int
-    cg_iterations: int
-    tll_patch: int = 2
-
-
-@dataclass(frozen=True)
-class Suite:
-    """A named list of cases run with one :class:`Settings`."""
 
     name: str
     cases: tuple[Case, ...]
     settings: Settings
+    tll_patch: int = 2
 
 
 def _grid(
@@ -198,9 +176,10 @@ def _grid(
     return tuple(cases)
 
 
-_SMALL = Settings(
-    dip_iterations=None, channels=16, n_samples=16, em_steps=3, em_samples=8, cg_iterations=150
-)
+# DIPs run their default iterations for the noise level (2000 at 5 %, 5200 at 1 %), as a
+# user runs them: fewer leave the DIP short of the data (400 on a 32² case: 18.8 dB instead of
+# 24.5 dB, and the std, which describes a fitted network, covered 72 % of its 90 % interval)
+_SMALL = Settings(channels=16, samples=16, em_steps=3, em_samples=8, cg_iterations=150)
 _SMALL_CASES = (
     _grid([(2, 32, "shepp-logan", 30, 30)], (0.01, 0.05))
     + _grid([(2, 48, "ellipses", 40, 40)], (0.05,))
@@ -208,9 +187,6 @@ _SMALL_CASES = (
 )
 
 SUITES: dict[str, Suite] = {
-    # the tests: the small suite's 2D sparse-view cases at 5 % and 1 % noise, about 1 and 2
-    # minutes on one core
-    "tiny": Suite("tiny", (_SMALL_CASES[1], _SMALL_CASES[0]), _SMALL),
     # 2-core CPU: 14 minutes measured (2 threads), 4 of them in the two 3D cases; at 24³ those
     # took 24 of 31 minutes (every case fits three DIPs at their default iterations)
     "small": Suite("small", _SMALL_CASES, _SMALL),
@@ -219,15 +195,8 @@ SUITES: dict[str, Suite] = {
         "full",
         _grid([(2, 128, "shepp-logan", 60, 60), (2, 128, "ellipses", 60, 60)], (0.01, 0.05))
         + _grid([(3, 64, "shepp-logan", 64, 64)], (0.01, 0.05)),
-        Settings(
-            dip_iterations=None,
-            channels=None,
-            n_samples=128,
-            em_steps=10,
-            em_samples=16,
-            cg_iterations=300,
-            tll_patch=4,
-        ),
+        Settings(samples=128, em_steps=10, em_samples=16, cg_iterations=300),
+        tll_patch=4,
     ),
 }
 
@@ -245,61 +214,40 @@ class _Output:
     seconds: float
 
 
-def _network(case: Case, settings: Settings) -> UNet | None:
-    if settings.channels is None:
-        return None  # the DIP builds UNet.default_for itself
-    return UNet.default_for(case.shape, channels=settings.channels, seed=case.seed)
-
-
-def _dip_kwargs(case: Case, settings: Settings) -> dict[str, Any]:
-    """Keyword arguments of every DIP fit of a case (the baselines pass them on)."""
-    return {"iterations": settings.dip_iterations, "network": _network(case, settings)}
-
-
 def _laplace_outputs(
     A: RayTransform,
     y: torch.Tensor,
-    case: Case,
     settings: Settings,
-    device: torch.device | str | None,
+    device: torch.device,
     progress: bool,
 ) -> tuple[_Output, _Output, dict[str, Any]]:
-    """The DIP, then Laplace samples before and after EM; the third item is the EM history."""
+    """The DIP, then Laplace samples before and after EM (the pipeline's stages); the third
+    item is the EM history."""
     started = time.perf_counter()
-    rec = DIP(A, seed=case.seed, device=device, progress=progress, **_dip_kwargs(case, settings))
-    mean = rec.fit(y)
+    rec = pipeline.fit_dip(A, y, settings, device=device, progress=progress)
+    mean = rec.predict()
     dip_s = time.perf_counter() - started
-    lap = LinearisedLaplace(
-        rec, y=y, seed=case.seed, solver=SolverConfig(iterations=settings.cg_iterations)
-    )
+    lap = pipeline.linearise(rec, y, settings)
 
     def draw(since: float) -> _Output:
-        samples = lap.sample(settings.n_samples)
+        samples = lap.sample(settings.samples)
         return _Output(mean, lap.std(samples=samples), samples, time.perf_counter() - since)
 
     started = time.perf_counter()
     before = draw(started)
     before.seconds += dip_s
     started = time.perf_counter()
-    history = lap.fit_hyperparameters(
-        settings.em_steps, n_samples=settings.em_samples, progress=progress
-    )
+    pipeline.fit_em(lap, settings, progress=progress)
     after = draw(started)
     after.seconds += dip_s
-    return before, after, history
+    return before, after, lap.history
 
 
-def _baseline(fn: Callable[..., Any], A, y, case, settings, device, progress) -> _Output:
+def _baseline(
+    A: RayTransform, y: torch.Tensor, settings: Settings, device: torch.device, progress: bool
+) -> _Output:
     started = time.perf_counter()
-    result = fn(
-        A,
-        y,
-        n_samples=settings.n_samples,
-        seed=case.seed,
-        device=device,
-        progress=progress,
-        **_dip_kwargs(case, settings),
-    )
+    result = pipeline.fit_baseline(A, y, settings, device=device, progress=progress)
     return _Output(
         result.mean, result.std, result.samples - result.mean, time.perf_counter() - started
     )
@@ -309,19 +257,23 @@ def evaluate_case(
     case: Case,
     settings: Settings,
     *,
-    methods: Sequence[str] = METHODS,
+    methods: Sequence[str] = SUITE_METHODS,
     device: torch.device | str | None = None,
     backend: str = "auto",
     progress: bool = False,
+    tll_patch: int = 2,
 ) -> tuple[list[dict[str, Any]], dict[str, _Output], torch.Tensor]:
-    """Run ``methods`` on one case: the result rows, the outputs per method and the truth."""
-    from . import baselines
+    """Run ``methods`` on one case: the result rows, the outputs per method and the truth.
 
-    unknown = [m for m in methods if m not in METHODS]
+    ``settings`` are the suite's (:attr:`Suite.settings`); the case's seed replaces theirs.
+    """
+    unknown = [m for m in methods if m not in SUITE_METHODS]
     if unknown:
-        raise ValueError(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
+        raise ValueError(f"unknown methods {unknown}; known: {', '.join(SUITE_METHODS)}")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    settings = replace(settings, seed=case.seed, method="dip")
     scan = case.scan(device=device)
     A = RayTransform(scan.volume, scan.geometry, backend)
     truth = torch.as_tensor(scan.truth, device=device)
@@ -331,21 +283,21 @@ def evaluate_case(
     if "fbp" in methods:
         started = time.perf_counter()
         with torch.no_grad():
-            image = A.fbp(y, filter=FBP_FILTER)
+            image = A.fbp(y, filter=settings.fbp_filter)
         outputs["fbp"] = _Output(image, None, None, time.perf_counter() - started)
     if "laplace" in methods or "laplace-em" in methods:
-        before, after, history = _laplace_outputs(A, y, case, settings, device, progress)
+        before, after, history = _laplace_outputs(A, y, settings, device, progress)
         outputs["laplace"], outputs["laplace-em"] = before, after
         extra["laplace-em"] = {"noise_variance": history["noise_variance"][-1]}
         extra["laplace"] = {"noise_variance": history["noise_variance"][0]}
-    for name, fn in (("mc-dropout", baselines.mc_dropout), ("sgld", baselines.sgld)):
+    for name, uq in (("mc-dropout", "mcdropout"), ("sgld", "sgld")):
         if name in methods:
-            outputs[name] = _baseline(fn, A, y, case, settings, device, progress)
+            outputs[name] = _baseline(A, y, replace(settings, uq=uq), device, progress)
     rows = []
     for name in methods:
         out = outputs[name]
         scores = metrics.summary(
-            out.mean, truth, out.std, out.deviations, levels=LEVELS, tll_patch=settings.tll_patch
+            out.mean, truth, out.std, out.deviations, levels=LEVELS, tll_patch=tll_patch
         )
         row = {
             "case": case.name,
@@ -446,7 +398,7 @@ def run_suite(
     *,
     device: torch.device | str | None = None,
     backend: str = "auto",
-    methods: Sequence[str] = METHODS,
+    methods: Sequence[str] = SUITE_METHODS,
     cases: Sequence[str] | None = None,
     progress: bool = False,
     resume: bool = False,
@@ -454,12 +406,12 @@ def run_suite(
     """Run a suite and write ``results.csv``, ``results.md`` and the plots to ``out_dir``.
 
     Args:
-        name: a key of :data:`SUITES` (``"tiny"``, ``"small"``, ``"full"``) or a :class:`Suite`.
+        name: a key of :data:`SUITES` (``"small"``, ``"full"``) or a :class:`Suite`.
         out_dir: created if missing; the files are rewritten after every case, so an
             interrupted run leaves the finished cases behind.
         device: for the networks and the projector; ``None``: CUDA when available.
         backend: projector backend (``"auto"``, ``"torch"``, ``"astra"``).
-        methods: a subset of :data:`METHODS`.
+        methods: a subset of :data:`SUITE_METHODS`.
         cases: names of the cases to run (default all).
         progress: progress bars (cases, and the fits within each).
         resume: keep the rows of the cases that ``out_dir/results.csv`` already holds for
@@ -501,14 +453,16 @@ def run_suite(
             device=device,
             backend=backend,
             progress=progress,
+            tll_patch=suite.tll_patch,
         )
         rows += case_rows
         _write_csv(rows, out / "results.csv")
-        table = markdown_table(rows, suite.settings.tll_patch)
+        table = markdown_table(rows, suite.tll_patch)
         elapsed = time.perf_counter() - started
         (out / "results.md").write_text(
             f"# Evaluation suite {suite.name!r}\n\n{table}\n"
-            f"Settings: {asdict(suite.settings)}. Total {elapsed:.0f} s.\n"
+            f"Settings: {asdict(suite.settings)}, TLL patch {suite.tll_patch}. "
+            f"Total {elapsed:.0f} s.\n"
         )
         _plot_case(case, outputs, truth, out)
     return rows

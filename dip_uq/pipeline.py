@@ -24,10 +24,24 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+from . import baselines
+from .checkpoint import load, save
+from .dip import DIP
+from .laplace import LinearisedLaplace, SolverConfig
+from .laplace.distributed import share_fit
+from .metrics import summary
+from .networks import UNet
+from .projector import RayTransform
+from .scan import Scan, default_volume
+
+if TYPE_CHECKING:
+    from .geometry import Volume
+    from .laplace.distributed import DistContext
 
 __all__ = [
     "CHECKPOINTS",
@@ -35,9 +49,16 @@ __all__ = [
     "UQ_METHODS",
     "Result",
     "Settings",
+    "build_network",
     "find_checkpoints",
+    "fit_baseline",
+    "fit_dip",
+    "fit_em",
+    "hyperparameters",
+    "linearise",
     "remove_checkpoints",
     "run",
+    "scores",
 ]
 
 METHODS = ("fbp", "dip")
@@ -45,6 +66,7 @@ UQ_METHODS = ("laplace", "mcdropout", "sgld", "none")
 COVERAGE_LEVELS = (0.5, 0.9, 0.95)
 # names in work_dir that belong to an unfinished run
 CHECKPOINTS = ("dip-checkpoint.pt", "em-checkpoint.pt", "samples")
+EM_CHECKPOINT = "dip_uq.pipeline EM checkpoint 1"
 
 
 @dataclass
@@ -59,12 +81,13 @@ class Settings:
         channels: U-Net feature channels per scale; ``None``: the default for the dimension
             (128 in 2D, 32 in 3D; :class:`dip_uq.UNet`). Smaller is much faster on a CPU.
         scales: U-Net resolutions; ``None``: the default for the grid.
-        samples: posterior samples for the std map (and per EM step).
+        samples: posterior samples for the std map (and per EM step unless ``em_samples``).
         em_steps: EM steps for the Laplace prior's scale; 0 (default) keeps the initial
             hyperparameters, the scale of the fitted weights and the DIP's noise estimate. On
             the small evaluation suite these were the better calibrated: the 90 % interval
             covered 79–100 % of the voxels before EM and 62–95 % after three EM steps, which
             shrank the prior (see :meth:`dip_uq.LinearisedLaplace.fit_hyperparameters`).
+        em_samples: posterior samples per EM step; ``None``: ``samples``.
         cg_iterations: the most conjugate-gradient iterations per sampling solve (each
             stops at a relative residual of 1e-3). With the default preconditioner the 2D
             demo's DIP gets there in about 60 and a 24³ cone-beam DIP in about 70; the cap
@@ -89,8 +112,9 @@ class Settings:
     scales: int | None = None
     samples: int = 16
     em_steps: int = 0
-    cg_iterations: int = 300
-    preconditioner_rank: int = 200
+    em_samples: int | None = None
+    cg_iterations: int = SolverConfig.iterations
+    preconditioner_rank: int = SolverConfig.preconditioner_rank
     batch: int | None = None
     em_per_block: bool = False
     fit_noise: bool = False
@@ -102,13 +126,20 @@ class Settings:
             raise ValueError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
         if self.uq not in UQ_METHODS:
             raise ValueError(f"unknown uq {self.uq!r}; use one of {', '.join(UQ_METHODS)}")
-        # a std needs two samples; a solve needs one iteration
-        for name, least in (("samples", 2), ("cg_iterations", 1)):
-            if getattr(self, name) < least:
-                raise ValueError(f"{name} must be at least {least}, got {getattr(self, name)}")
-        for name in ("em_steps", "preconditioner_rank"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        # a std needs two samples, and so does an EM step's estimate of the spread
+        for name in ("samples", "em_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 2:
+                raise ValueError(f"{name} must be at least 2, got {value}")
+        if self.em_steps < 0:
+            raise ValueError(f"em_steps must be 0 or more, got {self.em_steps}")
+        self.solver_config()  # the solver settings are checked where they are defined
+
+    def solver_config(self) -> SolverConfig:
+        """The :class:`~dip_uq.laplace.SolverConfig` of the sampling solves."""
+        return SolverConfig(
+            iterations=self.cg_iterations, preconditioner_rank=self.preconditioner_rank
+        )
 
 
 @dataclass
@@ -148,8 +179,6 @@ def scores(
 ) -> dict[str, float]:
     """Quality of the FBP and the DIP ``mean`` and calibration of ``std`` against ``truth``
     (:func:`dip_uq.metrics.summary`), under the names ``run.json`` uses."""
-    from .metrics import summary
-
     out = {}
     for name, image in (("fbp", fbp), ("dip", mean)):
         if image is None:
@@ -179,83 +208,129 @@ class _Stage:
         self.timings[self.name] = time.perf_counter() - self.start
 
 
-def _network(A: Any, settings: Settings) -> Any:
-    from .networks import UNet
-
+def build_network(shape: tuple[int, ...], settings: Settings) -> UNet:
+    """The U-Net of every DIP fit of a run: ``UNet.default_for(shape)`` with the settings'
+    ``channels`` and ``scales``, seeded with ``settings.seed``."""
     return UNet.default_for(
-        A.volume.shape, scales=settings.scales, channels=settings.channels, seed=settings.seed
+        shape, scales=settings.scales, channels=settings.channels, seed=settings.seed
     )
 
 
-def _fingerprint(settings: Settings, y: torch.Tensor) -> dict[str, Any]:
-    """What must match for a checkpoint of the uncertainty stage to be reused."""
-    return {
-        "settings": asdict(settings),
-        "y_sum": float(y.double().sum()),
-        "y_shape": list(y.shape),
-    }
-
-
-def _laplace(
-    rec: Any,
+def fit_baseline(
+    A: RayTransform,
     y: torch.Tensor,
     settings: Settings,
-    work_dir: Path | None,
-    progress: bool,
-    group: Any,
-) -> tuple[torch.Tensor, dict[str, Any], dict[str, dict[str, np.ndarray]]]:
-    """EM (checkpointed per step) then the std map (checkpointed per batch of samples);
-    with a process ``group`` the samples are shared out and rank 0 writes the EM state."""
+    *,
+    device: torch.device,
+    progress: bool = False,
+) -> baselines.UQResult:
+    """The MC-dropout or SGLD DIP of ``settings.uq`` (:mod:`dip_uq.baselines`) on ``y``,
+    with the run's network, iterations, samples and seed."""
+    baseline = {"mcdropout": baselines.mc_dropout, "sgld": baselines.sgld}[settings.uq]
+    return baseline(
+        A,
+        y,
+        n_samples=settings.samples,
+        iterations=settings.iterations,
+        seed=settings.seed,
+        device=device,
+        progress=progress,
+        network=build_network(A.volume.shape, settings),
+    )
+
+
+def fit_dip(
+    A: RayTransform,
+    y: torch.Tensor,
+    settings: Settings,
+    *,
+    device: torch.device,
+    checkpoint: Path | None = None,
+    progress: bool = False,
+    group: DistContext | None = None,
+) -> DIP:
+    """Fit the deep image prior of a run to ``y`` (``A.range_shape``) and return it.
+
+    ``checkpoint`` is the DIP's checkpoint file (resumed when present). With a process
+    ``group`` rank 0 fits and the other ranks receive its fit.
+    """
+    main = group is None or group.is_main
+    rec = DIP(
+        A,
+        iterations=settings.iterations,
+        seed=settings.seed,
+        device=device,
+        progress=progress,
+        network=build_network(A.volume.shape, settings),
+        checkpoint=checkpoint if main else None,
+    )
+    if main:
+        rec.fit(y)
+    if group is not None:
+        share_fit(rec, group)  # the DIP is fitted once, on rank 0
+    return rec
+
+
+def linearise(
+    rec: DIP, y: torch.Tensor, settings: Settings, *, group: DistContext | None = None
+) -> LinearisedLaplace:
+    """The linearised-Laplace posterior of a fitted DIP at its initial hyperparameters.
+
+    ``y`` is the sinogram it was fitted to, given again because under ``torchrun`` only
+    rank 0 fitted (and holds ``rec.y``).
+    """
+    return LinearisedLaplace(
+        rec, y=y, seed=settings.seed, solver=settings.solver_config(), group=group
+    )
+
+
+def fit_em(
+    lap: LinearisedLaplace,
+    settings: Settings,
+    *,
+    checkpoint: Path | None = None,
+    fingerprint: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> None:
+    """``settings.em_steps`` steps of sample-based EM on ``lap``, checkpointed after each.
+
+    One step per call of :meth:`LinearisedLaplace.fit_hyperparameters`, so that a run
+    resumed from ``checkpoint`` (written by rank 0 of ``lap.group``; every rank holds the
+    same state) repeats exactly what an uninterrupted one does. ``fingerprint`` is what the
+    checkpoint must match to be resumed.
+    """
     from tqdm.auto import tqdm
 
-    from .laplace import LinearisedLaplace, SolverConfig
-    from .outputs import atomic_write
-
-    lap = LinearisedLaplace(
-        rec,
-        y=y,
-        seed=settings.seed,
-        solver=SolverConfig(
-            iterations=settings.cg_iterations, preconditioner_rank=settings.preconditioner_rank
-        ),
-        group=group,
-    )
-    main = group is None or group.is_main
-    checkpoint = None if work_dir is None else work_dir / "em-checkpoint.pt"
-    fingerprint = _fingerprint(settings, y)
+    main = lap.group is None or lap.group.is_main
+    fingerprint = fingerprint or {}
     done = 0
-    if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
-        if state["fingerprint"] != fingerprint:
-            raise ValueError(
-                f"{checkpoint} belongs to a run with other settings or data; pass --overwrite "
-                "to start again"
-            )
+    state = None if checkpoint is None else load(checkpoint, EM_CHECKPOINT, fingerprint)
+    if state is not None:
         lap.load_state_dict(state["laplace"])
         done = state["em_steps_done"]
-    # one EM step per call, so that a resumed run repeats exactly what an uninterrupted one does
-    for step in tqdm(range(done, settings.em_steps), desc="EM", disable=not progress):
+    steps = range(done, settings.em_steps)
+    for step in tqdm(steps, desc="EM", disable=not progress or not steps):
         lap.fit_hyperparameters(
             1,
-            n_samples=settings.samples,
+            n_samples=settings.em_samples or settings.samples,
             batch=settings.batch,
             per_block=settings.em_per_block,
             fit_noise=settings.fit_noise,
         )
-        if checkpoint is not None and main:  # every rank holds the same state
-            state = {
-                "fingerprint": fingerprint,
-                "laplace": lap.state_dict(),
-                "em_steps_done": step + 1,
-            }
-            with atomic_write(checkpoint) as tmp:
-                torch.save(state, tmp)
-    std = lap.std(
-        settings.samples,
-        batch=settings.batch,
-        checkpoint=None if work_dir is None else work_dir / "samples",
-        progress=progress,
-    )
+        if checkpoint is not None and main:
+            save(
+                checkpoint,
+                EM_CHECKPOINT,
+                fingerprint,
+                {"laplace": lap.state_dict(), "em_steps_done": step + 1},
+            )
+
+
+def hyperparameters(
+    lap: LinearisedLaplace, settings: Settings
+) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
+    """The hyperparameters ``lap`` ended with (for ``run.json``) and, after EM, their
+    history as report curves."""
     history = lap.history
     curves = {}
     if settings.em_steps:  # without EM the "curves" would be single points
@@ -272,28 +347,37 @@ def _laplace(
         "prior_variances": dict(lap.prior.variances),
         "history": {k: list(map(float, v)) for k, v in history.items()},
     }
-    return std, hyper, curves
+    return hyper, curves
+
+
+def _fingerprint(settings: Settings, y: torch.Tensor) -> dict[str, Any]:
+    """What must match for a checkpoint of the uncertainty stage to be reused."""
+    return {
+        "settings": asdict(settings),
+        "y_sum": float(y.double().sum()),
+        "y_shape": list(y.shape),
+    }
 
 
 def run(
-    scan: Any,
+    scan: Scan,
     settings: Settings | None = None,
     *,
-    volume: Any = None,
+    volume: Volume | None = None,
     backend: str = "auto",
     device: str | torch.device = "cpu",
     work_dir: str | Path | None = None,
     resume: bool = False,
     progress: bool = False,
-    group: Any = None,
+    group: DistContext | None = None,
 ) -> Result:
-    """Reconstruct ``scan`` (a :class:`dip_uq.io.Scan`) and quantify its uncertainty.
+    """Reconstruct ``scan`` and quantify its uncertainty.
 
     Args:
         scan: line integrals, geometry and (for simulated scans) the truth.
         settings: what to run (:class:`Settings`; default: DIP + linearised Laplace).
         volume: the reconstruction grid; default ``scan.volume`` or
-            :func:`dip_uq.io.default_volume`.
+            :func:`dip_uq.scan.default_volume`.
         backend: projector backend (``"auto"``, ``"torch"``, ``"astra"``).
         device: where to compute.
         work_dir: folder for the checkpoints (:data:`CHECKPOINTS`); None: no checkpoints.
@@ -305,16 +389,11 @@ def run(
             map are shared out, and every rank returns the same result. Linearised Laplace
             only; give ``settings.batch`` for results independent of the number of ranks.
     """
-    from . import DIP, baselines
-    from .io import default_volume
-    from .laplace.distributed import share_fit
-    from .projector import RayTransform
-
     settings = settings or Settings()
     if group is not None and (settings.method, settings.uq) != ("dip", "laplace"):
         raise ValueError(
             "several processes share out the linearised-Laplace samples only; run "
-            f"--method {settings.method} --uq {settings.uq} as one process (without torchrun)"
+            f"method={settings.method!r}, uq={settings.uq!r} as one process (without torchrun)"
         )
     main = group is None or group.is_main
     progress = progress and main
@@ -324,8 +403,8 @@ def run(
         found = find_checkpoints(work_dir)
         if found and not resume:
             raise ValueError(
-                f"{work_dir} holds checkpoints of an unfinished run ({', '.join(found)}); pass "
-                "--resume to continue it or --overwrite to start again"
+                f"{work_dir} holds checkpoints of an unfinished run ({', '.join(found)}); "
+                "pass resume=True to continue it, or remove them to start again"
             )
         work_dir.mkdir(parents=True, exist_ok=True)
     volume = volume or scan.volume or default_volume(scan)
@@ -335,34 +414,37 @@ def run(
     with _Stage(timings, "fbp_s"):
         fbp = A.fbp(y, filter=settings.fbp_filter)
     mean, std, hyper, curves = fbp, None, {}, {}
-    if settings.method == "dip":
-        dip_options = {
-            "iterations": settings.iterations,
-            "seed": settings.seed,
-            "device": device,
-            "progress": progress,
-            "network": _network(A, settings),
-        }
-        if settings.uq in ("mcdropout", "sgld"):
-            with _Stage(timings, "dip_and_uncertainty_s"):
-                baseline = baselines.mc_dropout if settings.uq == "mcdropout" else baselines.sgld
-                result = baseline(A, y, n_samples=settings.samples, **dip_options)
-            mean, std = result.mean, result.std
-            curves["DIP loss"] = {"loss": np.asarray(result.history["loss"])}
-        else:
-            checkpoint = None if work_dir is None or not main else work_dir / "dip-checkpoint.pt"
-            with _Stage(timings, "dip_s"):
-                rec = DIP(A, checkpoint=checkpoint, **dip_options)
-                if main:
-                    rec.fit(y)
-                if group is not None:
-                    share_fit(rec, group)  # the DIP is fitted once, on rank 0
-                mean = rec.predict()
-            curves["DIP loss"] = {"loss": np.asarray(rec.history["loss"])}
-            if settings.uq == "laplace":
-                with _Stage(timings, "uncertainty_s"):
-                    std, hyper, em_curves = _laplace(rec, y, settings, work_dir, progress, group)
-                curves.update(em_curves)
+    if settings.method == "dip" and settings.uq in ("mcdropout", "sgld"):
+        with _Stage(timings, "dip_and_uncertainty_s"):
+            result = fit_baseline(A, y, settings, device=device, progress=progress)
+        mean, std = result.mean, result.std
+        curves["DIP loss"] = {"loss": np.asarray(result.history["loss"])}
+    elif settings.method == "dip":
+        checkpoint = None if work_dir is None else work_dir / "dip-checkpoint.pt"
+        with _Stage(timings, "dip_s"):
+            rec = fit_dip(
+                A, y, settings, device=device, checkpoint=checkpoint, progress=progress, group=group
+            )
+            mean = rec.predict()
+        curves["DIP loss"] = {"loss": np.asarray(rec.history["loss"])}
+        if settings.uq == "laplace":
+            with _Stage(timings, "uncertainty_s"):
+                lap = linearise(rec, y, settings, group=group)
+                fit_em(
+                    lap,
+                    settings,
+                    checkpoint=None if work_dir is None else work_dir / "em-checkpoint.pt",
+                    fingerprint=_fingerprint(settings, y),
+                    progress=progress,
+                )
+                std = lap.std(
+                    settings.samples,
+                    batch=settings.batch,
+                    checkpoint=None if work_dir is None else work_dir / "samples",
+                    progress=progress,
+                )
+            hyper, em_curves = hyperparameters(lap, settings)
+            curves.update(em_curves)
     result = Result(
         mean=_numpy(mean),
         std=None if std is None else _numpy(std),

@@ -104,8 +104,10 @@ class _Interrupt:
         monkeypatch.setattr(owner, name, wrapped)
 
 
+@pytest.mark.slow
 def test_interrupted_runs_resume_to_the_uninterrupted_result(tmp_path, monkeypatch, capsys):
-    from dip_uq import DIP, LinearisedLaplace
+    from dip_uq import DIP
+    from dip_uq.laplace import moments as laplace_moments
 
     scan = tmp_path / "scan.h5"
     assert main(["simulate", "--size", "16", "--angles", "12", "--out", str(scan)]) == 0
@@ -122,7 +124,7 @@ def test_interrupted_runs_resume_to_the_uninterrupted_result(tmp_path, monkeypat
     assert main([*common, *out]) == 2  # checkpoints: neither silently resumed nor replaced
     assert "--resume" in capsys.readouterr().err
     with monkeypatch.context() as m:  # resumed, then Ctrl-C after the first batch of samples
-        _Interrupt(m, LinearisedLaplace, "_save_batch", after=1)
+        _Interrupt(m, laplace_moments, "_save_batch", after=1)
         assert main([*common, *out, "--resume"]) == 130
     assert len(list((tmp_path / "run" / "samples").glob("*.pt"))) == 1
     assert main([*common, *out, "--resume"]) == 0
@@ -188,6 +190,7 @@ def test_reconstruct_with_a_baseline_uncertainty(tmp_path, uq):
         assert (f["std"][()] > 0).all()
 
 
+@pytest.mark.slow
 def test_torchrun_with_two_processes_matches_one_process(tmp_path):
     """`torchrun -m dip_uq reconstruct`: the samples are shared out over 2 gloo processes,
     only rank 0 writes, and the std map equals the single-process one."""
@@ -224,7 +227,8 @@ def test_torchrun_with_two_processes_matches_one_process(tmp_path):
 
 def test_evaluate_writes_the_table_refuses_to_overwrite_and_resumes(tmp_path, capsys):
     out = tmp_path / "eval"
-    args = ["evaluate", "--suite", "tiny", "--methods", "fbp", "--out", str(out), "--quiet"]
+    args = ["evaluate", "--methods", "fbp", "--cases", "2d32-shepp-logan-sparse30-5%"]
+    args += ["--out", str(out), "--quiet"]
     assert main(args) == 0
     assert "| 2d32-shepp-logan-sparse30-5% | fbp | 16.35 |" in capsys.readouterr().out
     before = (out / "results.csv").read_bytes()
@@ -235,4 +239,16 @@ def test_evaluate_writes_the_table_refuses_to_overwrite_and_resumes(tmp_path, ca
     assert "| fbp | 16.35 |" in capsys.readouterr().out
     assert (out / "results.csv").read_bytes() == before
     assert main([*args, "--overwrite", "--cases", "nope"]) == 2  # a case the suite lacks
-    assert "suite 'tiny' has no cases ['nope']" in capsys.readouterr().err
+    assert "suite 'small' has no cases ['nope']" in capsys.readouterr().err
+
+
+def test_library_messages_name_the_command_line_option():
+    import logging
+
+    from dip_uq.cli import _name_the_flags
+
+    record = logging.LogRecord("dip_uq", logging.WARNING, "", 0, "raise %s", ("x",), None)
+    record.msg = "samples did not converge; raise SolverConfig.iterations (now %d)"
+    record.args = (300,)
+    assert _name_the_flags(record)
+    assert record.getMessage() == "samples did not converge; raise --cg-iterations (now 300)"

@@ -1,0 +1,128 @@
+"""dip_uq.pipeline: its settings, its stages, and the checkpointed EM they resume from."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dip_uq import RayTransform, pipeline
+from dip_uq.laplace import LinearisedLaplace, SolverConfig
+from dip_uq.pipeline import Settings
+from dip_uq.simulation import simulate_scan
+
+FAST = {"channels": 8, "iterations": 60, "samples": 4, "cg_iterations": 10}
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    """A 16² scan, its ray transform and a DIP fitted to it (seconds)."""
+    scan = simulate_scan(size=16, angles=12, noise=0.02)
+    A = RayTransform(scan.volume, scan.geometry, backend="torch")
+    y = torch.as_tensor(scan.sinogram)
+    settings = Settings(**FAST, em_steps=2)
+    rec = pipeline.fit_dip(A, y, settings, device=torch.device("cpu"))
+    return rec, y, settings
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"method": "tv"}, "unknown method 'tv'"),
+        ({"uq": "ensemble"}, "unknown uq 'ensemble'"),
+        ({"samples": 1}, "samples must be at least 2, got 1"),
+        ({"em_samples": 1}, "em_samples must be at least 2, got 1"),
+        ({"em_steps": -1}, "em_steps must be 0 or more"),
+        ({"cg_iterations": 0}, "SolverConfig.iterations must be at least 1"),
+        ({"preconditioner_rank": -1}, "preconditioner_rank must be 0"),
+    ],
+)
+def test_bad_settings_are_refused(options, message):
+    with pytest.raises(ValueError, match=message):
+        Settings(**options)
+
+
+def test_the_solver_defaults_have_one_source():
+    settings = Settings(cg_iterations=42, preconditioner_rank=7)
+    assert settings.solver_config() == SolverConfig(iterations=42, preconditioner_rank=7)
+    default = Settings().solver_config()
+    assert (default.iterations, default.preconditioner_rank) == (
+        SolverConfig().iterations,
+        SolverConfig().preconditioner_rank,
+    )
+
+
+def test_run_refuses_the_checkpoints_of_an_unfinished_run(tmp_path):
+    (tmp_path / "em-checkpoint.pt").write_bytes(b"")
+    scan = simulate_scan(size=16, angles=8, noise=0.02)
+    with pytest.raises(ValueError, match=r"unfinished run \(em-checkpoint.pt\); pass resume=True"):
+        pipeline.run(scan, Settings(method="fbp"), work_dir=tmp_path)
+
+
+def test_em_samples_set_the_samples_of_every_em_step(fitted, monkeypatch):
+    rec, y, settings = fitted
+    seen = []
+    original = LinearisedLaplace.fit_hyperparameters
+
+    def spy(self, em_steps, n_samples, **kwargs):
+        seen.append((em_steps, n_samples))
+        return original(self, em_steps, n_samples, **kwargs)
+
+    monkeypatch.setattr(LinearisedLaplace, "fit_hyperparameters", spy)
+    lap = pipeline.linearise(rec, y, settings)
+    pipeline.fit_em(lap, Settings(**{**FAST, "em_samples": 2}, em_steps=2))
+    assert seen == [(1, 2), (1, 2)]  # one checkpointable step per call
+    pipeline.fit_em(lap, settings)
+    assert seen[2:] == [(1, 4), (1, 4)]  # without em_samples: the samples of the std map
+
+
+def test_em_interrupted_and_resumed_from_its_checkpoint_repeats_the_uninterrupted_run(
+    fitted, tmp_path, monkeypatch
+):
+    rec, y, settings = fitted
+    fingerprint = {"case": "tiny", "em_steps": settings.em_steps}
+    reference = pipeline.linearise(rec, y, settings)
+    pipeline.fit_em(reference, settings)
+
+    original = LinearisedLaplace.fit_hyperparameters
+    calls = []
+
+    def interrupt_second_step(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    checkpoint = tmp_path / "em.pt"
+    with monkeypatch.context() as m:
+        m.setattr(LinearisedLaplace, "fit_hyperparameters", interrupt_second_step)
+        with pytest.raises(KeyboardInterrupt):
+            pipeline.fit_em(
+                pipeline.linearise(rec, y, settings),
+                settings,
+                checkpoint=checkpoint,
+                fingerprint=fingerprint,
+            )
+    resumed = pipeline.linearise(rec, y, settings)
+    pipeline.fit_em(resumed, settings, checkpoint=checkpoint, fingerprint=fingerprint)
+    assert resumed.history == reference.history
+    assert resumed.prior.variances == reference.prior.variances
+    with pytest.raises(ValueError, match="belongs to another run"):
+        pipeline.fit_em(
+            pipeline.linearise(rec, y, settings),
+            settings,
+            checkpoint=checkpoint,
+            fingerprint={**fingerprint, "case": "other"},
+        )
+
+
+def test_hyperparameters_report_em_curves_only_after_em(fitted):
+    rec, y, settings = fitted
+    lap = pipeline.linearise(rec, y, settings)
+    hyper, curves = pipeline.hyperparameters(lap, Settings(**FAST))
+    assert curves == {} and hyper["noise_variance"] == lap.noise_variance
+    pipeline.fit_em(lap, settings)
+    hyper, curves = pipeline.hyperparameters(lap, settings)
+    assert len(curves["EM noise variance σ_y²"]["σ_y²"]) == settings.em_steps + 1
+    assert set(curves["EM prior variances σ_b²"]) == {
+        b.split("/", 1)[1] for b in hyper["history"] if b.startswith("prior_variance/")
+    }
