@@ -1,8 +1,21 @@
-"""dip-uq: deep-image-prior tomographic reconstruction with per-voxel uncertainty."""
+"""dip-uq: deep-image-prior tomographic reconstruction with per-voxel uncertainty.
 
-from . import baselines, metrics, phantoms, plots
+What a notebook needs, in the order of the pipeline::
+
+    Volume, ParallelBeam, FanBeam, ConeBeam, VectorGeometry   the grid and the scan geometry
+    read_scan, Scan, default_volume, simulate_scan           scans: real files, simulations
+    RayTransform, Operator, fbp                              the forward model, its inverse
+    UNet, DIP, pretrain, tv_reconstruct                      reconstructors
+    LinearisedLaplace, SolverConfig                          the posterior and its std map
+    pipeline.run, pipeline.Settings                          all of it in one call
+    metrics, plots, baselines                                scores, their plots; MC dropout, SGLD
+
+Modules keep their own names (``dip_uq.simulation``, ``dip_uq.pretraining``,
+``dip_uq.projector.analytic``), so no function here hides a module.
+"""
+
+from . import baselines, io, metrics, phantoms, pipeline, plots
 from .dip import DIP
-from .projector import fbp
 from .geometry import (
     ConeBeam,
     FanBeam,
@@ -13,11 +26,14 @@ from .geometry import (
     geometry_from_astra,
     geometry_from_dict,
 )
-from .laplace import LinearisedLaplace
+from .io import read_scan
+from .laplace import LinearisedLaplace, SolverConfig
 from .networks import UNet
 from .pretraining import pretrain
-from .projector import RayTransform
-from .simulation import noise_sigma, simulate
+from .projector import Operator, RayTransform, fbp
+from .scan import Scan, default_volume
+from .simulation import noise_sigma, simulate, simulate_scan
+from .tv import tv_reconstruct
 
 __version__ = "0.1.0"
 
@@ -27,20 +43,29 @@ __all__ = [
     "FanBeam",
     "Geometry",
     "LinearisedLaplace",
+    "Operator",
     "ParallelBeam",
     "RayTransform",
+    "Scan",
+    "SolverConfig",
     "UNet",
     "VectorGeometry",
     "Volume",
     "__version__",
     "baselines",
+    "default_volume",
     "fbp",
     "geometry_from_astra",
     "geometry_from_dict",
+    "io",
     "metrics",
     "noise_sigma",
     "phantoms",
+    "pipeline",
     "plots",
     "pretrain",
+    "read_scan",
     "simulate",
+    "simulate_scan",
+    "tv_reconstruct",
 ]

@@ -26,12 +26,15 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from numbers import Integral, Real
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .dip import DIP
 from .networks import UNet
+
+if TYPE_CHECKING:
+    from .projector import RayTransform
 
 __all__ = ["MC_DROPOUT_RATE", "SGLD_NOISE_SCALE", "UQResult", "mc_dropout", "sgld"]
 
@@ -85,7 +88,7 @@ def _seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
-def _with_dropout(network: Any, dropout: float) -> UNet:
+def _with_dropout(network: UNet, dropout: float) -> UNet:
     """A :class:`UNet` like ``network`` with channel dropout ``dropout`` and its weights."""
     if not isinstance(network, UNet):
         raise ValueError(
@@ -110,7 +113,7 @@ def _with_dropout(network: Any, dropout: float) -> UNet:
 
 
 def mc_dropout(
-    A: Any,
+    A: RayTransform,
     y: torch.Tensor,
     *,
     dropout: float = MC_DROPOUT_RATE,
@@ -177,7 +180,7 @@ def mc_dropout(
 
 
 def sgld(
-    A: Any,
+    A: RayTransform,
     y: torch.Tensor,
     *,
     iterations: int | None = None,

@@ -28,12 +28,15 @@ from __future__ import annotations
 import math
 from functools import partial
 from numbers import Integral, Real
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from .scan import Scan
+
+if TYPE_CHECKING:
+    from .projector import Operator
 
 __all__ = [
     "DEFAULT_NOISE",
@@ -92,7 +95,7 @@ def noise_sigma(
 
 
 def simulate(
-    A: Any,
+    A: Operator,
     x: torch.Tensor,
     noise: float | None = None,
     *,

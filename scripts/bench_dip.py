@@ -12,8 +12,9 @@ Markdown and a JSON file):
   process: one U-Net forward+backward, one forward projection (FP) and one back-projection
   (BP). ``overhead = DIP / (net + FP + BP) - 1`` (goal: <= 10 %). CPU sizes: 2D 128², 3D 64³;
   ``--sizes gpu``: 3D 128³ and 256³ cone beam.
-* ``pretrain``: DIP from scratch against DIP started from :func:`dip_uq.pretraining.pretrain` weights
-  on the same scan: PSNR against iterations, and iterations/time to reach a target PSNR.
+* ``pretrain``: DIP from scratch against DIP started from
+  :func:`dip_uq.pretraining.pretrain` weights on the same scan: PSNR against iterations, and
+  iterations/time to reach a target PSNR.
 
 Usage::
 

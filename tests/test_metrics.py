@@ -1,17 +1,14 @@
 """Tests of the calibration metrics of dip_uq.metrics (coverage, calibration curve, Spearman,
-reliability, patch_tll in 3D, summary) against hand-computed values, and of the plots in
-dip_uq.plots."""
+reliability, patch_tll, summary) against hand-computed values."""
 
 from __future__ import annotations
 
 import math
 from statistics import NormalDist
 
-import matplotlib
 import numpy as np
 import pytest
 import torch
-from matplotlib.figure import Figure
 from scipy.stats import spearmanr
 
 from dip_uq.metrics import (
@@ -24,7 +21,6 @@ from dip_uq.metrics import (
     ssim,
     summary,
 )
-from dip_uq.plots import calibration_plot, reliability_plot
 
 
 def calibrated(shape, seed=0, scale=1.0):
@@ -248,52 +244,6 @@ def test_summary_without_std_and_with_ssim():
 def test_summary_rejects_bad_input(kwargs, message):
     with pytest.raises(ValueError, match=message):
         summary(SUMMARY_MEAN, SUMMARY_TRUTH, **kwargs)
-
-
-# ------------------------------------------------------------------------------------------
-# plots
-# ------------------------------------------------------------------------------------------
-def test_calibration_plot_draws_and_saves(tmp_path):
-    backend = matplotlib.get_backend()
-    fig = Figure(figsize=(4, 4))
-    ax = fig.add_subplot()
-    mean, std, truth = calibrated((16, 16))
-    expected, observed = calibration_curve(mean, std, truth)
-    line = calibration_plot(ax, expected, observed, label="calibrated")
-    calibration_plot(ax, expected, calibration_curve(mean, 0.5 * std, truth)[1], label="0.5 std")
-    lines = ax.get_lines()
-    assert len(lines) == 3  # one diagonal, two curves
-    assert lines[0].get_xydata()[1].tolist() == [1.0, 1.0]  # the diagonal through (1, 1)
-    assert np.array_equal(line.get_xdata(), expected)
-    assert np.array_equal(line.get_ydata(), observed)
-    assert ax.get_xlabel() == "expected coverage (nominal level)"
-    assert ax.get_ylabel() == "observed coverage"
-    assert ax.get_xlim() == ax.get_ylim() == (0.0, 1.0)
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["ideal", "calibrated", "0.5 std"]
-    path = tmp_path / "calibration.png"
-    fig.savefig(path, dpi=50)
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert matplotlib.get_backend() == backend  # no global state changed
-    with pytest.raises(ValueError, match="1D of one length"):
-        calibration_plot(ax, [0.5, 0.9], [0.5])
-
-
-def test_reliability_plot_draws_and_saves(tmp_path):
-    fig = Figure(figsize=(4, 4))
-    ax = fig.add_subplot()
-    mean, std, truth = calibrated((32, 32))
-    line = reliability_plot(ax, std, mean - truth, bins=8, label="calibrated")
-    reliability_plot(ax, std, 2 * (mean - truth), bins=8)
-    assert len(ax.get_lines()) == 3
-    mean_std, rmse, _ = reliability(std, mean - truth, bins=8)
-    assert np.allclose(line.get_xdata(), mean_std) and np.allclose(line.get_ydata(), rmse)
-    assert ax.get_xlabel() == "mean predicted std (image units)"
-    assert ax.get_ylabel() == "RMSE of the error (image units)"
-    top = 1.05 * max(mean_std.max(), 2 * rmse.max())
-    assert ax.get_xlim() == ax.get_ylim() == pytest.approx((0.0, top))
-    path = tmp_path / "reliability.png"
-    fig.savefig(path, dpi=50)
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_patch_tll_against_hand_computed_values():

@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import torch
 
-from dip_uq.projector.analytic import FBPFilter, angular_weights, fbp
 from dip_uq.geometry import (
     ConeBeam,
     FanBeam,
@@ -28,6 +27,7 @@ from dip_uq.geometry import (
     VectorGeometry,
     Volume,
 )
+from dip_uq.projector.analytic import FBPFilter, angular_weights, fbp
 
 _EDGE = 2.5  # voxels: the interior mask keeps points this far from every phantom boundary
 
