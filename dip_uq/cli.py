@@ -12,15 +12,15 @@ import logging
 import platform
 import sys
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from . import __version__
-from .evaluate import SUITE_METHODS, SUITES, markdown_table, run_suite
-from .pipeline import METHODS, UQ_METHODS, Settings
+from .evaluate import HOLDOUT_METHOD, SUITE_METHODS, SUITES, markdown_table, run_suite
+from .pipeline import METHODS, PRIOR_SCALES, UQ_METHODS, Settings
 from .simulation import PHANTOMS, SCAN_GEOMETRIES
 
 if TYPE_CHECKING:
@@ -104,6 +104,7 @@ def _run_and_write(scan: Scan, volume: Volume, args: argparse.Namespace, title: 
     from .pipeline import run
 
     started = time.perf_counter()
+    settings = _settings(args)  # bad options fail before any file is touched
     device = _device(args.device)
     out = Path(args.out)
     group = init_from_env()  # a process group under torchrun, else None
@@ -113,7 +114,6 @@ def _run_and_write(scan: Scan, volume: Volume, args: argparse.Namespace, title: 
     if group is not None:
         group.barrier()  # rank 0 has checked (and, with --overwrite, cleared) the folder
         device = group.device
-    settings = _settings(args)
     result = run(
         scan,
         settings,
@@ -159,6 +159,13 @@ def _print_summary(written: list[Path], result: Result, device: str) -> None:
         parts.append(f"90% interval covers {100 * s['coverage_90']:.1f}% of voxels")
     parts.append(f"{result.timings['total_s']:.1f} s on {device}")
     print(", ".join(parts))
+    if result.holdout:
+        h = result.holdout
+        print(
+            f"held-out projections ({h['projections']}, one in {h['every']}): 90% interval "
+            f"covers {h['coverage_90']:.1%} of their pixels (50%: {h['coverage_50']:.1%}), "
+            f"TLL {h['tll_per_pixel']:.2f} nats/pixel"
+        )
 
 
 def _simulated(args: argparse.Namespace, **overrides: Any) -> Any:
@@ -260,8 +267,11 @@ def evaluate(args: argparse.Namespace) -> None:
             "--overwrite to start again, or choose another --out"
         )
     started = time.perf_counter()
+    suite = SUITES[args.suite]
+    if args.holdout:  # every method is fitted to the kept projections and scored on the rest
+        suite = replace(suite, settings=replace(suite.settings, holdout=args.holdout))
     rows = run_suite(
-        args.suite,
+        suite,
         out,
         device=_device(args.device),
         backend=args.backend,
@@ -270,7 +280,7 @@ def evaluate(args: argparse.Namespace) -> None:
         progress=not args.quiet,
         resume=args.resume,
     )
-    print(markdown_table(rows, SUITES[args.suite].tll_patch))
+    print(markdown_table(rows, suite.tll_patch))
     print(f"{len(rows)} rows in {time.perf_counter() - started:.0f} s; tables and plots in {out}")
 
 
@@ -418,6 +428,23 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser, demo: bool) -> None:
         help="posterior samples solved together; lower it to save memory (default: all)",
     )
     p.add_argument(
+        "--holdout",
+        type=int,
+        default=0,
+        metavar="K",
+        help="keep every K-th projection out of the fit and the posterior and score it "
+        "afterwards under the posterior predictive: a calibration check of the measurements "
+        "that needs no ground truth (K >= 2; default: 0, off)",
+    )
+    p.add_argument(
+        "--prior-scale",
+        choices=PRIOR_SCALES,
+        default="weights",
+        help="the prior's scale: that of the fitted weights (and EM's, with --em-steps), or "
+        "the one that maximises the held-out projections' likelihood (needs --holdout; "
+        "the check is then no longer independent) (default: %(default)s)",
+    )
+    p.add_argument(
         "--seed",
         type=int,
         default=0,
@@ -530,11 +557,19 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument(
         "--methods",
         nargs="+",
-        choices=SUITE_METHODS,
+        choices=(*SUITE_METHODS, HOLDOUT_METHOD),
         default=list(SUITE_METHODS),
-        help="(default: all)",
+        help=f"(default: all but {HOLDOUT_METHOD}, which needs --holdout)",
     )
     p.add_argument("--cases", nargs="+", help="case names of the suite (default: all)")
+    p.add_argument(
+        "--holdout",
+        type=int,
+        default=0,
+        metavar="K",
+        help="hold every K-th projection out of every fit and report its predictive coverage "
+        "and TLL beside the image-space scores (default: 0, off)",
+    )
     p.add_argument("--out", default="dip-uq-eval", help="output folder (default: %(default)s)")
     _add_device_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")

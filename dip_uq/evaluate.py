@@ -11,6 +11,8 @@ Gaussian noise relative to ``mean |A x|``) and reconstructed by
 * ``laplace``: the DIP with the linearised Laplace std at its initial hyperparameters
   (σ_y² from the DIP's noise estimate, σ_b² from the scale of the fitted weights),
 * ``laplace-em``: the same after sample-based EM of the prior variances,
+* ``laplace-holdout`` (with held-out projections only): the same with the prior scale that
+  maximises the held-out projections' likelihood (:func:`dip_uq.holdout.choose_prior_scale`),
 * ``mc-dropout`` and ``sgld``: the baselines of :mod:`dip_uq.baselines`.
 
 Metrics per method (:func:`dip_uq.metrics.summary`): PSNR and SSIM of the mean; coverage of the
@@ -44,13 +46,15 @@ from typing import Any
 
 import torch
 
-from . import metrics, pipeline
+from . import holdout, metrics, pipeline
+from .noise import estimate_noise_sigma
 from .pipeline import Settings
 from .projector import RayTransform
 from .scan import Scan
 from .simulation import PHANTOMS, SCAN_GEOMETRIES, simulate_scan
 
 __all__ = [
+    "HOLDOUT_METHOD",
     "LEVELS",
     "SUITES",
     "SUITE_METHODS",
@@ -65,6 +69,9 @@ logger = logging.getLogger("dip_uq")
 
 LEVELS = (0.5, 0.9, 0.95)  # central-interval coverages reported
 SUITE_METHODS = ("fbp", "laplace", "laplace-em", "mc-dropout", "sgld")
+# the Laplace with the prior scale of dip_uq.holdout.choose_prior_scale; only with held-out
+# projections, so not among the defaults
+HOLDOUT_METHOD = "laplace-holdout"
 
 
 @dataclass(frozen=True)
@@ -215,32 +222,38 @@ class _Output:
 
 
 def _laplace_outputs(
-    A: RayTransform,
-    y: torch.Tensor,
+    data: holdout.Data,
     settings: Settings,
     device: torch.device,
     progress: bool,
-) -> tuple[_Output, _Output, dict[str, Any]]:
-    """The DIP, then Laplace samples before and after EM (the pipeline's stages); the third
-    item is the EM history."""
+    scale_by_holdout: bool,
+) -> tuple[dict[str, _Output], dict[str, Any]]:
+    """The DIP, then Laplace samples before EM, after choosing the prior scale by the
+    held-out projections (``scale_by_holdout``) and after EM (the pipeline's stages);
+    outputs by method name, and the EM history."""
     started = time.perf_counter()
-    rec = pipeline.fit_dip(A, y, settings, device=device, progress=progress)
+    rec = pipeline.fit_dip(data.A, data.y, settings, device=device, progress=progress)
     mean = rec.predict()
     dip_s = time.perf_counter() - started
-    lap = pipeline.linearise(rec, y, settings)
+    lap = pipeline.linearise(rec, data.y, settings)
 
     def draw(since: float) -> _Output:
         samples = lap.sample(settings.samples)
-        return _Output(mean, lap.std(samples=samples), samples, time.perf_counter() - since)
+        seconds = time.perf_counter() - since + dip_s
+        return _Output(mean, lap.std(samples=samples), samples, seconds)
 
-    started = time.perf_counter()
-    before = draw(started)
-    before.seconds += dip_s
+    outputs = {"laplace": draw(time.perf_counter())}
+    if scale_by_holdout:
+        started, start = time.perf_counter(), dict(lap.prior.variances)
+        holdout.choose_prior_scale(
+            lap, data.A_held, data.y_held, mean, n_samples=settings.em_samples or settings.samples
+        )
+        outputs[HOLDOUT_METHOD] = draw(started)
+        lap.prior.variances = start  # EM starts where it would without the search
     started = time.perf_counter()
     pipeline.fit_em(lap, settings, progress=progress)
-    after = draw(started)
-    after.seconds += dip_s
-    return before, after, lap.history
+    outputs["laplace-em"] = draw(started)
+    return outputs, lap.history
 
 
 def _baseline(
@@ -267,17 +280,22 @@ def evaluate_case(
 
     ``settings`` are the suite's (:attr:`Suite.settings`); the case's seed replaces theirs.
     """
-    unknown = [m for m in methods if m not in SUITE_METHODS]
+    unknown = [m for m in methods if m not in (*SUITE_METHODS, HOLDOUT_METHOD)]
     if unknown:
-        raise ValueError(f"unknown methods {unknown}; known: {', '.join(SUITE_METHODS)}")
+        known = ", ".join((*SUITE_METHODS, HOLDOUT_METHOD))
+        raise ValueError(f"unknown methods {unknown}; known: {known}")
+    if HOLDOUT_METHOD in methods and not settings.holdout:
+        raise ValueError(
+            f"{HOLDOUT_METHOD} chooses the prior scale by held-out projections: set holdout"
+        )
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
     settings = replace(settings, seed=case.seed, method="dip")
     scan = case.scan(device=device)
-    A = RayTransform(scan.volume, scan.geometry, backend)
+    data = holdout.split_scan(scan, scan.volume, settings.holdout, backend=backend, device=device)
+    A, y = data.A, data.y
     truth = torch.as_tensor(scan.truth, device=device)
-    y = torch.as_tensor(scan.sinogram, device=device)
     outputs: dict[str, _Output] = {}
     extra: dict[str, dict[str, Any]] = {}
     if "fbp" in methods:
@@ -285,14 +303,19 @@ def evaluate_case(
         with torch.no_grad():
             image = A.fbp(y, filter=settings.fbp_filter)
         outputs["fbp"] = _Output(image, None, None, time.perf_counter() - started)
-    if "laplace" in methods or "laplace-em" in methods:
-        before, after, history = _laplace_outputs(A, y, settings, device, progress)
-        outputs["laplace"], outputs["laplace-em"] = before, after
+    if {"laplace", "laplace-em", HOLDOUT_METHOD} & set(methods):
+        laplace, history = _laplace_outputs(
+            data, settings, device, progress, HOLDOUT_METHOD in methods
+        )
+        outputs.update(laplace)
         extra["laplace-em"] = {"noise_variance": history["noise_variance"][-1]}
         extra["laplace"] = {"noise_variance": history["noise_variance"][0]}
+        extra[HOLDOUT_METHOD] = extra["laplace"]
     for name, uq in (("mc-dropout", "mcdropout"), ("sgld", "sgld")):
         if name in methods:
             outputs[name] = _baseline(A, y, replace(settings, uq=uq), device, progress)
+            # the baselines have no noise model: the predictive uses the DIP's estimate
+            extra[name] = {"noise_variance": estimate_noise_sigma(y, A.geometry) ** 2}
     rows = []
     for name in methods:
         out = outputs[name]
@@ -306,14 +329,34 @@ def evaluate_case(
             "seconds": out.seconds,
             **extra.get(name, {}),
         }
+        if data.A_held is not None:
+            row.update(_held_out_scores(data, out, row.get("noise_variance"), settings.holdout))
         rows.append(row)
         logger.info("%s", row)
     return rows, outputs, truth
 
 
+def _held_out_scores(
+    data: holdout.Data, out: _Output, noise_variance: float | None, every: int
+) -> dict[str, float]:
+    """The held-out projections' coverage and TLL under a method's predictive (NaN for a
+    method without samples)."""
+    if out.deviations is None or noise_variance is None:
+        return dict.fromkeys(HOLDOUT_COLUMNS, math.nan)
+    scores = holdout.check(
+        data.A_held, data.y_held, out.mean, out.deviations, noise_variance, every=every
+    )
+    return {
+        "holdout_coverage_0.5": scores.coverage[0.5],
+        "holdout_coverage_0.9": scores.coverage[0.9],
+        "holdout_tll": scores.tll,
+    }
+
+
 # --------------------------------------------------------------------------------------------
 # outputs
 # --------------------------------------------------------------------------------------------
+HOLDOUT_COLUMNS = ("holdout_coverage_0.5", "holdout_coverage_0.9", "holdout_tll")
 _COLUMNS = [
     ("case", "case", "{}"),
     ("method", "method", "{}"),
@@ -339,10 +382,17 @@ def markdown_table(rows: Sequence[dict[str, Any]], tll_patch: int = 2) -> str:
             return "–"
         return fmt.format(value)
 
-    header = [title if key != "tll_patch" else f"TLL {tll_patch}²" for key, title, _ in _COLUMNS]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(_COLUMNS)]
+    columns = list(_COLUMNS)
+    if any("holdout_tll" in row for row in rows):  # a suite with held-out projections
+        columns[-1:-1] = [
+            ("holdout_coverage_0.9", "held-out cov 90%", "{:.2f}"),
+            ("holdout_tll", "held-out TLL", "{:.2f}"),
+        ]
+    header = [title if key != "tll_patch" else f"TLL {tll_patch}²" for key, title, _ in columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        lines.append("| " + " | ".join(cell(row[k], fmt) for k, _, fmt in _COLUMNS) + " |")
+        cells = (cell(row.get(k, math.nan), fmt) for k, _, fmt in columns)
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_LEVELS",
     "calibration_curve",
     "coverage",
+    "gaussian_tll",
     "patch_tll",
     "psnr",
     "reliability",
@@ -388,7 +389,7 @@ def reliability(
 # --------------------------------------------------------------------------------------------
 # every metric of one reconstruction
 # --------------------------------------------------------------------------------------------
-def _gaussian_tll(error: torch.Tensor, std: torch.Tensor) -> float:
+def gaussian_tll(error: torch.Tensor, std: torch.Tensor) -> float:
     """Mean per-voxel Gaussian log-likelihood (nats) of ``error = mean - truth`` under
     ``N(0, std²)``; a zero variance is raised to the smallest positive float64."""
     var = std.double().square().clamp_min(torch.finfo(torch.float64).tiny)
@@ -468,7 +469,7 @@ def summary(
     for level, value in zip(values, _coverages(mean, std, truth, values), strict=True):
         row[f"coverage_{level:g}"] = value
     if deviations is None:
-        row["tll_1"] = _gaussian_tll(error, std)
+        row["tll_1"] = gaussian_tll(error, std)
     else:
         if not isinstance(deviations, (torch.Tensor, np.ndarray)):
             raise ValueError(f"deviations must be a torch.Tensor, got {type(deviations).__name__}")

@@ -85,6 +85,7 @@ def save_report(
     title: str = "",
     curves: Mapping[str, np.ndarray | Mapping[str, np.ndarray]] | None = None,
     calibration: Mapping[str, np.ndarray] | None = None,
+    holdout_curve: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> None:
     """A PNG with one panel per image (three central slices each for volumes) plus plots.
 
@@ -99,6 +100,8 @@ def save_report(
         calibration: optional ``mean``, ``std`` and ``truth`` arrays: adds the calibration
             curve (expected vs observed coverage of central intervals) and the reliability
             plot (RMSE of the error vs the std, binned by std).
+        holdout_curve: optional ``(expected, observed)`` coverage of the held-out
+            projections' predictive intervals (:mod:`dip_uq.holdout`): one more panel.
     """
     import matplotlib
 
@@ -109,7 +112,7 @@ def save_report(
     from .plots import calibration_plot, reliability_plot
 
     curves = dict(curves or {})
-    plots = len(curves) + (2 if calibration is not None else 0)
+    plots = len(curves) + (2 if calibration is not None else 0) + (holdout_curve is not None)
     rows = [(name, slab) for name, image in images.items() for slab in _central_slices(image)]
     n_slices = len(_central_slices(next(iter(images.values()))))
     n_images = len(images)
@@ -148,6 +151,11 @@ def save_report(
         ax.set_axis_on()
         reliability_plot(ax, std, np.abs(mean - truth))
         ax.set_title("reliability", fontsize=9)
+    if holdout_curve is not None:
+        ax = next(plot_axes)
+        ax.set_axis_on()
+        calibration_plot(ax, *holdout_curve)
+        ax.set_title("held-out projections", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -184,8 +192,8 @@ def write_results(
     (float32, shaped like the volume, attenuation per length unit) with the volume, geometry,
     parameters, settings and notes as root attributes; ``mean.tif``/``std.tif`` the same
     images; ``report.png`` the images, the curves and, with a truth and a std, the calibration
-    and reliability plots; ``run.json`` the settings, seeds, timings, scores and fitted
-    hyperparameters.
+    and reliability plots (and the held-out projections' calibration curve); ``run.json`` the
+    settings, seeds, timings, scores, fitted hyperparameters and held-out scores.
     """
     out = Path(out)
     dip = settings.method == "dip"
@@ -224,12 +232,17 @@ def write_results(
     if result.std is not None and result.truth is not None:
         calibration = {"mean": result.mean, "std": result.std, "truth": result.truth}
     written.append(out / "report.png")
+    holdout_curve = None
+    if result.holdout:
+        curve = result.holdout["calibration_curve"]
+        holdout_curve = (np.asarray(curve["expected"]), np.asarray(curve["observed"]))
     save_report(
         written[-1],
         images,
         title=title + (f"\n{headline}" if headline else ""),
         curves=result.curves,
         calibration=calibration,
+        holdout_curve=holdout_curve,
     )
     written.append(out / "run.json")
     write_json(
@@ -241,6 +254,7 @@ def write_results(
             "timings": result.timings,
             "scores": result.scores,
             "hyperparameters": result.hyperparameters,
+            "holdout": result.holdout,
             "notes": scan.notes,
         },
     )

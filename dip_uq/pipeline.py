@@ -29,13 +29,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from . import baselines
+from . import baselines, holdout
 from .checkpoint import load, save
 from .dip import DIP
 from .laplace import LinearisedLaplace, SolverConfig
 from .laplace.distributed import share_fit
 from .metrics import summary
 from .networks import UNet
+from .noise import estimate_noise_sigma
 from .projector import RayTransform
 from .scan import Scan, default_volume
 
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CHECKPOINTS",
     "METHODS",
+    "PRIOR_SCALES",
     "UQ_METHODS",
     "Result",
     "Settings",
@@ -63,6 +65,7 @@ __all__ = [
 
 METHODS = ("fbp", "dip")
 UQ_METHODS = ("laplace", "mcdropout", "sgld", "none")
+PRIOR_SCALES = ("weights", "holdout")
 COVERAGE_LEVELS = (0.5, 0.9, 0.95)
 # names in work_dir that belong to an unfinished run
 CHECKPOINTS = ("dip-checkpoint.pt", "em-checkpoint.pt", "samples")
@@ -103,6 +106,15 @@ class Settings:
             for why).
         seed: seeds the network, the DIP input and the posterior samples.
         fbp_filter: filter of the reference FBP.
+        holdout: 0 (default) or ``K >= 2``: every K-th projection is kept out of the fit,
+            the EM and the posterior, and scored afterwards under the posterior predictive
+            (:mod:`dip_uq.holdout`): a calibration check without a ground truth.
+        prior_scale: ``"weights"`` (default): the prior's scale is that of the fitted
+            weights (and EM's, with ``em_steps``); ``"holdout"``: the global scale that
+            maximises the held-out projections' predictive likelihood, searched over
+            :data:`dip_uq.holdout.PRIOR_SCALE_FACTORS` times the weights' scale (needs
+            ``holdout``; replaces EM). The held-out check is then no longer independent of
+            the choice.
     """
 
     method: str = "dip"
@@ -120,6 +132,8 @@ class Settings:
     fit_noise: bool = False
     seed: int = 0
     fbp_filter: str = "hann"
+    holdout: int = 0
+    prior_scale: str = "weights"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -133,6 +147,19 @@ class Settings:
                 raise ValueError(f"{name} must be at least 2, got {value}")
         if self.em_steps < 0:
             raise ValueError(f"em_steps must be 0 or more, got {self.em_steps}")
+        if self.holdout != 0:
+            holdout.check_every(self.holdout)
+        if self.prior_scale not in PRIOR_SCALES:
+            raise ValueError(
+                f"unknown prior_scale {self.prior_scale!r}; use one of {', '.join(PRIOR_SCALES)}"
+            )
+        if self.prior_scale == "holdout" and not self.holdout:
+            raise ValueError("prior_scale='holdout' needs held-out projections: set holdout=K")
+        if self.prior_scale == "holdout" and self.em_steps:
+            raise ValueError(
+                "prior_scale='holdout' chooses the scale EM would fit; use one of them "
+                "(em_steps=0 with it)"
+            )
         self.solver_config()  # the solver settings are checked where they are defined
 
     def solver_config(self) -> SolverConfig:
@@ -158,6 +185,8 @@ class Result:
         timings: seconds per stage.
         hyperparameters: the noise and prior variances the Laplace used (after EM).
         curves: per-iteration records for the report: DIP loss, EM history.
+        holdout: with ``settings.holdout``, the held-out projections' scores
+            (:meth:`dip_uq.holdout.HoldoutScores.to_dict`); else empty.
     """
 
     mean: np.ndarray
@@ -168,6 +197,7 @@ class Result:
     timings: dict[str, float] = field(default_factory=dict)
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     curves: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    holdout: dict[str, Any] = field(default_factory=dict)
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
@@ -395,6 +425,8 @@ def run(
             "several processes share out the linearised-Laplace samples only; run "
             f"method={settings.method!r}, uq={settings.uq!r} as one process (without torchrun)"
         )
+    if settings.holdout:  # a K beyond the scan's angles fails before any work
+        holdout.holdout_indices(scan.geometry.n_angles, settings.holdout)
     main = group is None or group.is_main
     progress = progress and main
     device = torch.device(device)
@@ -408,17 +440,22 @@ def run(
             )
         work_dir.mkdir(parents=True, exist_ok=True)
     volume = volume or scan.volume or default_volume(scan)
-    A = RayTransform(volume, scan.geometry, backend=backend)
-    y = torch.as_tensor(scan.sinogram, device=device)
+    data = holdout.split_scan(scan, volume, settings.holdout, backend=backend, device=device)
+    A, y, A_held, y_held = data.A, data.y, data.A_held, data.y_held
     timings: dict[str, float] = {}
     with _Stage(timings, "fbp_s"):
         fbp = A.fbp(y, filter=settings.fbp_filter)
-    mean, std, hyper, curves = fbp, None, {}, {}
+    mean, std, hyper, curves, held_out = fbp, None, {}, {}, {}
     if settings.method == "dip" and settings.uq in ("mcdropout", "sgld"):
         with _Stage(timings, "dip_and_uncertainty_s"):
             result = fit_baseline(A, y, settings, device=device, progress=progress)
         mean, std = result.mean, result.std
         curves["DIP loss"] = {"loss": np.asarray(result.history["loss"])}
+        if settings.holdout:  # the baselines' noise level: the DIP's estimate from the data
+            sigma = estimate_noise_sigma(y, A.geometry)
+            held_out = holdout.check(
+                A_held, y_held, mean, result.samples - mean, sigma**2, every=settings.holdout
+            ).to_dict()
     elif settings.method == "dip":
         checkpoint = None if work_dir is None else work_dir / "dip-checkpoint.pt"
         with _Stage(timings, "dip_s"):
@@ -437,12 +474,35 @@ def run(
                     fingerprint=_fingerprint(settings, y),
                     progress=progress,
                 )
-                std = lap.std(
+                search = {}
+                if settings.prior_scale == "holdout":
+                    search = holdout.choose_prior_scale(
+                        lap,
+                        A_held,
+                        y_held,
+                        mean,
+                        n_samples=settings.em_samples or settings.samples,
+                        batch=settings.batch,
+                    )
+                moments = lap.moments(
                     settings.samples,
                     batch=settings.batch,
                     checkpoint=None if work_dir is None else work_dir / "samples",
+                    keep_samples=bool(settings.holdout),
                     progress=progress,
                 )
+                std = moments.std.to(mean.dtype)
+                if settings.holdout:
+                    held_out = holdout.check(
+                        A_held,
+                        y_held,
+                        mean,
+                        moments.samples,
+                        lap.noise_variance,
+                        every=settings.holdout,
+                        group=group,
+                    ).to_dict()
+                    held_out.update(search)
             hyper, em_curves = hyperparameters(lap, settings)
             curves.update(em_curves)
     result = Result(
@@ -453,6 +513,7 @@ def run(
         timings=timings,
         hyperparameters=hyper,
         curves=curves,
+        holdout=held_out,
     )
     if result.truth is not None:
         dip_mean = result.mean if settings.method == "dip" else None

@@ -183,3 +183,21 @@ def test_resume_keeps_the_finished_cases_and_runs_the_rest(tmp_path, monkeypatch
     monkeypatch.setattr(evaluate, "evaluate_case", stop)
     with pytest.raises(RuntimeError, match="ran c0"):  # its laplace row is missing: run again
         run_suite(suite, tmp_path, methods=["fbp", "laplace"], resume=True)
+
+
+def test_held_out_projections_are_scored_for_every_method_with_samples(tmp_path):
+    from dataclasses import replace
+
+    case = Case("c", 2, 16, 12, 180, 0.05, seed=1)
+    settings = replace(
+        TINY.settings, channels=4, iterations=40, samples=4, em_steps=1, em_samples=4, holdout=3
+    )
+    methods = [*SUITE_METHODS, "laplace-holdout"]
+    rows = run_suite(Suite("held", (case,), settings), tmp_path, methods=methods)
+    by_method = {row["method"]: row for row in rows}
+    assert math.isnan(by_method["fbp"]["holdout_tll"])
+    for method in ("laplace", "laplace-em", "laplace-holdout", "mc-dropout", "sgld"):
+        row = by_method[method]
+        assert 0 <= row["holdout_coverage_0.5"] <= row["holdout_coverage_0.9"] <= 1, row
+        assert math.isfinite(row["holdout_tll"]) and row["noise_variance"] > 0
+    assert "held-out cov 90%" in (tmp_path / "results.md").read_text()

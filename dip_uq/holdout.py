@@ -1,0 +1,288 @@
+"""Held-out projections: a calibration check of a run that needs no ground truth.
+
+Every ``K``-th projection (indices ``K-1, 2K-1, ...``) is kept out of the fit, the EM and
+the posterior. Afterwards the held-out measurements ``y_h`` are scored under the posterior
+predictive of the linearised model,
+
+    y_h ~ N(A_h x̂, A_h Σ A_hᵀ + σ_y² I),
+
+estimated per detector pixel from the posterior samples: the predictive variance of pixel
+``j`` is ``mean_k (A_h d_k)_j² + σ_y²`` with ``d_k`` the samples' deviations from the mean
+(``J ζ_k`` for the linearised Laplace, ``x_k - x̄`` for MC dropout and SGLD). Scores: the
+coverage of the central 50 % and 90 % intervals of the pixels, their Gaussian test
+log-likelihood (nats per pixel) and a calibration curve.
+
+What it measures: the calibration of the *predicted measurements*. It says something about
+the image only through them: errors in directions that every projection sees (which the
+held-out angles see too) show, errors in the null space of the held-out angles do not. With
+a limited angular range the held-out angles lie inside the measured arc, so the missing
+wedge, the largest error of such a scan, is invisible to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .metrics import calibration_curve, coverage, gaussian_tll
+from .projector import RayTransform
+
+if TYPE_CHECKING:
+    from .geometry import Volume
+    from .laplace import LinearisedLaplace
+    from .laplace.distributed import DistContext
+    from .projector import Operator
+    from .scan import Scan
+
+__all__ = [
+    "LEVELS",
+    "PRIOR_SCALE_FACTORS",
+    "Data",
+    "HoldoutScores",
+    "check",
+    "check_every",
+    "choose_prior_scale",
+    "holdout_indices",
+    "predictive",
+    "score",
+    "split_scan",
+]
+
+LEVELS = (0.5, 0.9)  # central intervals reported
+# the candidates of choose_prior_scale, times the starting variances: 1e-2 ... 1e1 (EM moved
+# the scale by factors within this range on the evaluation suite)
+PRIOR_SCALE_FACTORS = tuple(float(10**e) for e in np.arange(-2.0, 1.01, 0.5))
+
+
+def check_every(every: int) -> None:
+    """Refuse a ``holdout`` that is not an integer ``K >= 2`` (``1`` would hold out every
+    projection) with a one-line ``ValueError``."""
+    if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 2:
+        raise ValueError(
+            f"holdout must be an integer K >= 2 (every K-th projection is held out), got "
+            f"{every!r}; use 0 to switch the check off"
+        )
+
+
+def holdout_indices(n_angles: int, every: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(kept, held)``: the projection indices of the fit and of the check, ascending.
+
+    ``held`` is every ``every``-th projection, ``every - 1, 2 every - 1, ...``.
+
+    Raises:
+        ValueError: ``every`` below 2 (:func:`check_every`) or above ``n_angles`` (no
+            projection would be held out).
+    """
+    check_every(every)
+    if every > n_angles:
+        raise ValueError(
+            f"holdout {every} is larger than the {n_angles} projections of the scan, so none "
+            f"would be held out; use at most {n_angles}"
+        )
+    index = np.arange(n_angles)
+    held = (index + 1) % every == 0
+    return index[~held], index[held]
+
+
+@dataclass
+class Data:
+    """The measurements a run fits and the ones it holds out.
+
+    Attributes:
+        A: the ray transform of the fitted projections.
+        y: their sinogram, ``A.range_shape``.
+        A_held: the ray transform of the held-out projections, or None.
+        y_held: their sinogram, ``A_held.range_shape``, or None.
+    """
+
+    A: RayTransform
+    y: torch.Tensor
+    A_held: RayTransform | None = None
+    y_held: torch.Tensor | None = None
+
+
+def split_scan(
+    scan: Scan, volume: Volume, every: int, *, backend: str, device: torch.device
+) -> Data:
+    """The ray transforms and sinograms of the fit and of the check: with ``every`` (``K``)
+    every K-th projection is held out (:func:`holdout_indices`); with 0 none is."""
+    geometry = scan.geometry
+    y = torch.as_tensor(scan.sinogram, device=device)
+    if not every:
+        return Data(RayTransform(volume, geometry, backend=backend), y)
+    kept, held = holdout_indices(geometry.n_angles, every)
+    kept_t, held_t = torch.as_tensor(kept, device=device), torch.as_tensor(held, device=device)
+    return Data(
+        RayTransform(volume, geometry[kept], backend=backend),
+        y[kept_t],
+        RayTransform(volume, geometry[held], backend=backend),
+        y[held_t],
+    )
+
+
+@dataclass
+class HoldoutScores:
+    """The calibration of the predicted held-out measurements.
+
+    Attributes:
+        every: the ``K`` of "every K-th projection".
+        n_projections: how many projections were held out.
+        coverage: nominal level -> fraction of held-out detector pixels inside the central
+            predictive interval (for :data:`LEVELS`).
+        tll: mean Gaussian log-likelihood of the held-out pixels, nats per pixel.
+        expected, observed: the calibration curve (nominal against observed coverage).
+        noise_std: the ``σ_y`` in the predictive (line-integral units).
+        sample_std: the median over pixels of the samples' part of the predictive std,
+            ``sqrt(mean_k (A_h d_k)²)``: how much of the predictive spread the posterior
+            contributes beside the noise.
+    """
+
+    every: int
+    n_projections: int
+    coverage: dict[float, float]
+    tll: float
+    expected: np.ndarray
+    observed: np.ndarray
+    noise_std: float
+    sample_std: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able values, under the names ``run.json`` uses."""
+        return {
+            "every": self.every,
+            "projections": self.n_projections,
+            **{f"coverage_{round(100 * level)}": v for level, v in self.coverage.items()},
+            "tll_per_pixel": self.tll,
+            "noise_std": self.noise_std,
+            "median_sample_std": self.sample_std,
+            "calibration_curve": {
+                "expected": self.expected.tolist(),
+                "observed": self.observed.tolist(),
+            },
+            **self.extra,
+        }
+
+
+def predictive(
+    A_held: Operator,
+    mean: torch.Tensor,
+    deviations: torch.Tensor,
+    noise_variance: float,
+    *,
+    group: DistContext | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The posterior predictive of the held-out measurements, per detector pixel.
+
+    Args:
+        A_held: the ray transform of the held-out projections.
+        mean: the reconstruction ``x̂``, ``A_held.domain_shape``.
+        deviations: posterior samples minus the mean, ``(n, *domain_shape)``; with a
+            ``group``, this rank's share.
+        noise_variance: ``σ_y²`` of one measurement.
+        group: the processes that share the samples (their sums are all-reduced).
+
+    Returns:
+        ``(predicted, std, sample_std)``, each ``A_held.range_shape``: ``A_h x̂``, the
+        predictive std ``sqrt(mean_k (A_h d_k)² + σ_y²)`` and its samples' part alone.
+    """
+    with torch.no_grad():
+        predicted = A_held(mean)
+        projected = A_held(deviations).double()
+        total = projected.square().sum(0)
+        count = torch.tensor(float(projected.shape[0]), dtype=torch.float64)
+        if group is not None:
+            total = group.all_reduce_sum(total, "all-reduce of the held-out predictive")
+            count = group.all_reduce_sum(count, "all-reduce of the held-out sample count")
+        sample_var = total / count
+        std = (sample_var + noise_variance).sqrt()
+    return predicted, std.to(predicted.dtype), sample_var.sqrt().to(predicted.dtype)
+
+
+def score(
+    y_held: torch.Tensor,
+    predicted: torch.Tensor,
+    std: torch.Tensor,
+    *,
+    every: int,
+    noise_std: float,
+    sample_std: torch.Tensor | None = None,
+) -> HoldoutScores:
+    """Score the held-out measurements ``y_held`` under ``N(predicted, std²)`` per pixel
+    (all three shaped like the held-out sinogram, ``(n_held, [rows,] cols)``)."""
+    y_held = torch.as_tensor(y_held).to(predicted)
+    expected, observed = calibration_curve(predicted, std, y_held)
+    return HoldoutScores(
+        every=every,
+        n_projections=int(y_held.shape[0]),
+        coverage=coverage(predicted, std, y_held, LEVELS),
+        tll=gaussian_tll(predicted - y_held, std),
+        expected=expected,
+        observed=observed,
+        noise_std=float(noise_std),
+        sample_std=float("nan") if sample_std is None else float(sample_std.median()),
+    )
+
+
+def check(
+    A_held: Operator,
+    y_held: torch.Tensor,
+    mean: torch.Tensor,
+    deviations: torch.Tensor,
+    noise_variance: float,
+    *,
+    every: int,
+    group: DistContext | None = None,
+) -> HoldoutScores:
+    """:func:`predictive` and :func:`score` in one call (arguments as there)."""
+    predicted, std, sample_std = predictive(A_held, mean, deviations, noise_variance, group=group)
+    return score(
+        y_held,
+        predicted,
+        std,
+        every=every,
+        noise_std=noise_variance**0.5,
+        sample_std=sample_std,
+    )
+
+
+def choose_prior_scale(
+    lap: LinearisedLaplace,
+    A_held: Operator,
+    y_held: torch.Tensor,
+    mean: torch.Tensor,
+    *,
+    n_samples: int,
+    batch: int | None = None,
+    factors: tuple[float, ...] = PRIOR_SCALE_FACTORS,
+) -> dict[str, Any]:
+    """Set ``lap``'s prior variances to the common factor of ``factors`` that maximises the
+    held-out projections' predictive log-likelihood; returns the search for ``run.json``.
+
+    A 1-D search by cross-validation over angles: every candidate scales all block
+    variances of the current prior by one factor and draws ``n_samples`` posterior samples
+    (the same indices, so the candidates differ by the scale only, not by sampling noise),
+    reusing the DIP fit and, through the shared scale, the preconditioner.
+    """
+    start = dict(lap.prior.variances)
+    tlls = []
+    for factor in factors:
+        lap.prior.variances = {b: factor * v for b, v in start.items()}
+        moments = lap.moments(n_samples, batch=batch, keep_samples=True)
+        scores = check(
+            A_held, y_held, mean, moments.samples, lap.noise_variance, every=0, group=lap.group
+        )
+        tlls.append(scores.tll)
+    best = int(np.argmax(tlls))
+    lap.prior.variances = {b: factors[best] * v for b, v in start.items()}
+    return {
+        "prior_scale_search": {
+            "factors": list(factors),
+            "tll_per_pixel": tlls,
+            "chosen_factor": factors[best],
+            "samples_per_candidate": n_samples,
+        }
+    }
