@@ -217,7 +217,7 @@ def info(args: argparse.Namespace) -> None:
     """Print what the reader finds in a scan file, without reconstructing."""
     from .io import describe, read_scan
 
-    print(describe(read_scan(args.scan, geometry=args.geometry, format=args.format)))
+    print(describe(read_scan(args.scan, **_read_options(args))))
 
 
 def _slice(text: str | None) -> tuple[int, int] | int | None:
@@ -240,7 +240,7 @@ def reconstruct(args: argparse.Namespace) -> None:
 
     center = args.center_offset
     center = None if center is None else center if center == "auto" else float(center)
-    scan = io.read_scan(args.scan, geometry=args.geometry, format=args.format)
+    scan = io.read_scan(args.scan, **_read_options(args))
     scan = io.preprocess(
         scan,
         rows=_slice(args.rows),
@@ -284,13 +284,87 @@ def evaluate(args: argparse.Namespace) -> None:
     print(f"{len(rows)} rows in {time.perf_counter() - started:.0f} s; tables and plots in {out}")
 
 
+# the options of _add_scan_arguments that go to dip_uq.io.read_scan as they are
+_READ_OPTIONS = (
+    "geometry",
+    "format",
+    "angles",
+    "angle_unit",
+    "geometry_kind",
+    "pixel_size",
+    "source_origin",
+    "origin_detector",
+    "dataset",
+    "tilt_axis",
+    "tilt_axis_offset",
+    "log",
+)
+
+
+def _read_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of :func:`dip_uq.io.read_scan` that the command line sets."""
+    return {name: getattr(args, name) for name in _READ_OPTIONS}
+
+
 def _add_scan_arguments(p: argparse.ArgumentParser) -> None:
     """SCAN and how to read it, shared by the commands that read scan files."""
-    p.add_argument("scan", help="scan file or folder (HDF5/NeXus, .mat, TIFF, .npy/.npz)")
+    p.add_argument(
+        "scan",
+        help="scan file or folder (HDF5/NeXus, .mat, TIFF, .npy/.npz, MRC tilt series, "
+        "Xradia .txrm/.txm)",
+    )
     p.add_argument(
         "--geometry", help="geometry JSON (to_dict format) or ASTRA vector file (TIFF and NumPy)"
     )
-    p.add_argument("--format", help="skip detection: nxtomo, dxchange, mat, tiff, npy or npz")
+    p.add_argument(
+        "--format", help="skip detection: nxtomo, dxchange, mat, tiff, npy, npz, mrc or txrm"
+    )
+    p.add_argument(
+        "--angles",
+        help="projection angles instead of a geometry file (TIFF, NumPy, .mat; MRC tilt "
+        "series): a text/.npy file, or START:STOP:COUNT with a unit, e.g. 0:180:360deg "
+        "(COUNT angles from START, STOP not included)",
+    )
+    p.add_argument(
+        "--angle-unit",
+        choices=["deg", "rad"],
+        default="deg",
+        help="unit of an angle file or a range without one (default: %(default)s)",
+    )
+    p.add_argument(
+        "--geometry-kind",
+        choices=["parallel", "fan", "cone"],
+        help="beam of a scan given by --angles (default: parallel); fan/cone need "
+        "--pixel-size, --source-origin and --origin-detector",
+    )
+    p.add_argument("--pixel-size", type=float, help="detector pixel pitch in mm, with --angles")
+    p.add_argument(
+        "--source-origin", type=float, help="source to rotation-axis distance in mm (fan/cone)"
+    )
+    p.add_argument(
+        "--origin-detector",
+        type=float,
+        help="rotation-axis to detector distance in mm (fan/cone)",
+    )
+    p.add_argument("--dataset", help="the variable (.mat) or array (.npz) that holds the sinogram")
+    p.add_argument(
+        "--tilt-axis",
+        choices=["x", "y"],
+        help="MRC: the image axis the tilt axis runs along (default: y, IMOD's convention)",
+    )
+    p.add_argument(
+        "--tilt-axis-offset",
+        type=float,
+        help="MRC: pixels by which the tilt axis lies right of the image centre (like "
+        "--center-offset, applied when reading)",
+    )
+    p.add_argument(
+        "--log",
+        action="store_const",
+        const=True,
+        help="MRC: take -log(I / I0) (bright-field images); by default the values are used "
+        "as line integrals (HAADF/ADF-STEM)",
+    )
 
 
 def _add_device_arguments(p: argparse.ArgumentParser) -> None:

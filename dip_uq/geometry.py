@@ -58,6 +58,7 @@ __all__ = [
     "Volume",
     "geometry_from_astra",
     "geometry_from_dict",
+    "geometry_from_odl",
 ]
 
 _TOLERANCE = 1e-9  # relative tolerance of ``==`` on geometries
@@ -200,6 +201,13 @@ class Volume:
             geom["option"].update(WindowMinZ=lo[0], WindowMaxZ=hi[0])
         return geom
 
+    def to_odl(self, dtype: str = "float32") -> Any:
+        """The ODL space (``odl.uniform_discr``) of the same grid, axes ``(x, y[, z])``: pass
+        it ``image.T`` (2D) or ``volume.transpose(2, 1, 0)`` (3D). Needs the extra ``odl``."""
+        from .interop import odl_space
+
+        return odl_space(self.to_dict(), dtype)
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Volume):
             return NotImplemented
@@ -300,6 +308,30 @@ class Geometry:
             "DetectorColCount": self.det_shape[1],
             "Vectors": vectors,
         }
+
+    def to_odl(self) -> Any:
+        """The same scan as an ODL geometry (the optional extra ``odl``): ``Parallel2dGeometry``
+        / ``Parallel3dAxisGeometry``, ``FanBeamGeometry`` or ``ConeBeamGeometry``.
+
+        ODL's world axes and angles are dip-uq's; its arrays are ordered differently: volumes
+        ``(x, y[, z])`` (``Volume.to_odl`` gives the space) and 3D sinograms
+        ``(angles, cols, rows)``, i.e. ``sinogram.transpose(0, 2, 1)`` (see
+        :mod:`dip_uq.interop`). Angles must increase.
+
+        Raises:
+            ValueError: a :class:`VectorGeometry` (ODL has no per-projection geometry: use
+                :meth:`to_astra`), or angles that do not increase.
+            ModuleNotFoundError: ODL is not installed.
+        """
+        from .interop import odl_geometry
+
+        description = self.to_dict()
+        if description["type"] == "vector":
+            raise ValueError(
+                "ODL has no per-projection vector geometry; to_odl converts ParallelBeam, "
+                "FanBeam and ConeBeam (use to_astra for vectors)"
+            )
+        return odl_geometry(description)
 
     def _subset(self, index: Any) -> Geometry:
         raise NotImplementedError
@@ -651,3 +683,24 @@ def geometry_from_astra(proj_geom: dict[str, Any]) -> VectorGeometry:
         vectors[:, 1::2] *= -1  # ASTRA's 2D frame is mirrored in y (see Geometry.to_astra)
     parallel = kind.startswith("parallel")
     return VectorGeometry(vectors, det, kind="parallel" if parallel else "cone")
+
+
+def geometry_from_odl(geometry: Any) -> Geometry:
+    """A dip-uq geometry from an ODL one (parallel 2D/3D-axis, fan or cone beam with a flat
+    detector; the optional extra ``odl``).
+
+    The rays come from ODL's own geometry functions at every angle, so shifted, tilted or
+    helical ODL geometries come out exactly, as a :class:`VectorGeometry`; a geometry with
+    ODL's default axes comes out as the matching :class:`ParallelBeam`, :class:`FanBeam` or
+    :class:`ConeBeam`. Lengths keep ODL's units; sinogram layouts as in :meth:`Geometry.to_odl`.
+
+    Raises:
+        ValueError: Euler-angle geometries, curved or unevenly spaced detectors.
+        ModuleNotFoundError: ODL is not installed.
+    """
+    from .interop import odl_description
+
+    exact, parametric = odl_description(geometry)
+    vectors = geometry_from_dict(exact)
+    candidate = geometry_from_dict(parametric)
+    return candidate if candidate == vectors else vectors

@@ -35,7 +35,7 @@ class Scan:
         geometry: the scan geometry (lengths in :attr:`units`, angles in radians).
         source_format: what was read, e.g. ``"nxtomo"``, ``"diamond-nexus"``,
             ``"aps-dxchange"``, ``"htc2022-mat"``, ``"mat"``, ``"tiff"``, ``"npy"``, ``"npz"``,
-            or ``"array"`` for a scan made in memory.
+            ``"mrc"``, ``"xradia"``, or ``"array"`` for a scan made in memory.
         path: the file or folder it came from (None for a scan made in memory).
         angles_deg: projection angles in degrees for display, ``(n_angles,)``; derived from
             the geometry when not given.
@@ -43,8 +43,9 @@ class Scan:
             in :attr:`units`; None when the file has none (the geometry then counts in pixels).
         distances: ``"source_origin"`` and ``"origin_detector"`` (fan/cone beam, or the
             sample-detector distance a parallel-beam file records), in :attr:`units`.
-        units: the length unit of the geometry: ``"mm"``, or ``"px"`` (detector pixels) when
-            the file gives no pixel size. Reconstructions are then in ``1/units``.
+        units: the length unit of the geometry: ``"mm"``, ``"nm"`` (electron tomography), or
+            ``"px"`` (detector pixels) when the file gives no pixel size. Reconstructions are
+            then in ``1/units``.
         n_flats: number of flat-field frames that went into the line integrals (0: none).
         n_darks: number of dark frames that went into the line integrals (0: none).
         notes: what the reader and the preprocessing found and did, one sentence each.

@@ -1,10 +1,15 @@
 """Scans stored as bare arrays, whose geometry the caller gives: TIFF stacks, ``.npy`` and
 ``.npz`` files, and generic MATLAB variables (:mod:`dip_uq.io.matlab`).
 
-The arrays are ``(angles, cols)`` or ``(angles, rows, cols)``; a unit row axis may be missing
-or extra. Float arrays are taken as line integrals; raw counts need flat fields (and darks),
-given as arrays ``(n, rows, cols)`` or TIFF / ``.npy`` files. An ``.npz`` archive may carry its
-own geometry (a ``to_dict`` JSON string), flats, darks and ground truth.
+The geometry is a geometry file (or object), or the angles with the beam kind, pixel size and
+distances (:class:`~dip_uq.io.acquisition.Acquisition`, no JSON needed). With a geometry the
+arrays are ``(angles, cols)`` or ``(angles, rows, cols)``, a unit row axis may be missing or
+extra; with angles, the axis with as many entries as angles is taken as the angle axis and
+moved to the front (so a single 2D image with one row per angle is a 2D sinogram, and a
+MATLAB ``(cols, angles)`` sinogram is transposed), with a note. Float arrays are taken as
+line integrals; raw counts need flat fields (and darks), given as arrays ``(n, rows, cols)`` or
+TIFF / ``.npy`` files. An ``.npz`` archive may carry its own geometry (a ``to_dict`` JSON
+string), flats, darks and ground truth.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import numpy as np
 
 from ..geometry import Geometry
 from ..scan import Scan, check_finite
+from .acquisition import Acquisition, orient
 from .detect import detect_format
 from .flat_field import flat_dark_correct
 from .geometry_files import GEOMETRY_HINT, GeometrySource, geometry_from_description, read_geometry
@@ -35,37 +41,60 @@ def array_scan(
     what: str,
     *,
     geometry: GeometrySource | None,
+    acquisition: Acquisition,
     rows: int | slice | tuple[int, int] | None,
     flats: FrameSource | None,
     darks: FrameSource | None,
-    geometry_kind: str | None,
     notes: list[str] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Scan:
     """A scan from an array of projections/sinograms and a geometry given by the caller.
 
     Args:
-        data: ``(angles, cols)`` or ``(angles, rows, cols)``, line integrals (float) or, with
-            ``flats``, intensities.
+        data: ``(angles, cols)`` or ``(angles, rows, cols)`` (with angles: the angle axis may
+            be any), line integrals (float) or, with ``flats``, intensities.
         path, source_format: what the scan records it was read from.
         what: the kind of data for messages, e.g. ``"a .npy sinogram"``.
-        geometry, geometry_kind: see :func:`~dip_uq.io.load_geometry`.
+        geometry: see :func:`~dip_uq.io.load_geometry`; acquisition: the angles, beam kind,
+            pixel size and distances instead (its ``kind`` also serves ASTRA vector files).
         rows, flats, darks: see :func:`~dip_uq.io.read_scan`.
         notes: what the reader found so far; extra: more :class:`Scan` fields.
     """
     where = path.name
     notes = list(notes or [])
-    if geometry is None:
-        raise ValueError(f"{where}: {what} needs a geometry; {GEOMETRY_HINT}")
+    extra = dict(extra or {})
     if data.ndim not in (2, 3) or not np.issubdtype(data.dtype, np.number):
         raise ValueError(
             f"{where}: expected a numeric array (angles, cols) or (angles, rows, cols), got "
             f"{data.dtype} {data.shape}"
         )
-    det_shape = data.shape[1:]
-    geom, note = read_geometry(geometry, kind=geometry_kind, det_shape=det_shape)
-    if note:
+    if acquisition.angles is not None:
+        if geometry is not None:
+            raise ValueError(
+                f"{where}: both a geometry and angles were given; pass one of --geometry and "
+                "--angles"
+            )
+        radians, degrees, note = acquisition.read_angles(None, where)
+        data, moved = orient(data, radians.size, where)
+        notes.extend([note, *([moved] if moved else [])])
+        geom, scan_fields, note = acquisition.geometry(radians, data.shape[1:], where)
         notes.append(note)
+        extra.update(scan_fields, angles_deg=degrees)
+    else:
+        if geometry is None:
+            raise ValueError(
+                f"{where}: {what} needs a geometry; {GEOMETRY_HINT}, or --angles (with "
+                "--geometry-kind and the distances fan/cone beam need)"
+            )
+        extras = acquisition.flags(*(n for n in acquisition.given() if n != "kind"))
+        if extras:
+            raise ValueError(
+                f"{where}: {', '.join(extras)} apply with --angles; the geometry file already "
+                "gives them"
+            )
+        geom, note = read_geometry(geometry, kind=acquisition.kind, det_shape=data.shape[1:])
+        if note:
+            notes.append(note)
     data = fit_layout(data, geom, where)
     n_flats = n_darks = 0
     if flats is not None:
@@ -104,11 +133,61 @@ def array_scan(
         n_flats=n_flats,
         n_darks=n_darks,
         notes=notes,
-        **(extra or {}),
+        **extra,
     )
     if rows is not None:
         scan = select_rows(scan, rows)
     return scan
+
+
+# names a sinogram is looked for under, in this order
+SINOGRAM_NAMES = ("sinogram", "sino", "projections", "data")
+
+
+def pick_array(
+    arrays: dict[str, Any], dataset: str | None, where: str, kind: str, n_angles: int | None = None
+) -> tuple[str, str]:
+    """The name of the sinogram among ``arrays`` (a file's variables) and why it was taken.
+
+    In this order: ``dataset`` (the caller's choice), a name of :data:`SINOGRAM_NAMES`, the
+    only 2D/3D numeric array with an axis of ``n_angles`` entries (when the angles are known),
+    the only 2D/3D numeric array. ``kind`` names the entries in messages (``"variable"``).
+
+    Raises:
+        ValueError: ``dataset`` is not there, or the choice is ambiguous (the message lists the
+            candidates and asks for ``--dataset``).
+    """
+    listing = ", ".join(
+        f"{k} {np.shape(v)}" for k, v in arrays.items() if isinstance(v, np.ndarray)
+    )
+    if dataset is not None:
+        if dataset not in arrays or not isinstance(arrays[dataset], np.ndarray):
+            raise ValueError(
+                f"{where}: no {kind} {dataset!r}; the file holds {listing or 'no arrays'}"
+            )
+        return dataset, "--dataset"
+    name = next((k for k in SINOGRAM_NAMES if k in arrays), None)
+    if name is not None:
+        return name, "by its name"
+    candidates = [  # numeric, 2D/3D, and more than a row or column vector
+        k
+        for k, v in arrays.items()
+        if isinstance(v, np.ndarray)
+        and v.ndim in (2, 3)
+        and np.issubdtype(v.dtype, np.number)
+        and sum(n > 1 for n in v.shape) >= 2
+    ]
+    if n_angles is not None:
+        fitting = [k for k in candidates if n_angles in arrays[k].shape]
+        if len(fitting) == 1:
+            return fitting[0], f"the only 2D/3D array with an axis of {n_angles} angles"
+        candidates = fitting or candidates
+    if len(candidates) == 1:
+        return candidates[0], "the only 2D/3D array"
+    raise ValueError(
+        f"{where}: cannot tell which {kind} is the sinogram among {listing or 'no arrays'}; "
+        "choose one with --dataset NAME"
+    )
 
 
 def fit_layout(data: np.ndarray, geom: Geometry, where: str, frames: bool = False) -> np.ndarray:
@@ -164,24 +243,17 @@ def read_npy(path: Path, **options: Any) -> Scan:
     )
 
 
-def read_npz(path: Path, *, geometry: GeometrySource | None, **options: Any) -> Scan:
-    """A ``.npz`` archive: the array named ``sinogram`` (or ``sino``, ``projections``,
-    ``data``, or the only 2D/3D one), with the archive's ``geometry``, ``flats``, ``darks`` and
-    ``truth`` where the caller gives none; ``options`` as for :func:`array_scan`."""
+def read_npz(
+    path: Path, *, geometry: GeometrySource | None, dataset: str | None, **options: Any
+) -> Scan:
+    """A ``.npz`` archive: the array ``dataset``, else the one named ``sinogram`` (or ``sino``,
+    ``projections``, ``data``, or the only 2D/3D one), with the archive's ``geometry``,
+    ``flats``, ``darks`` and ``truth`` where the caller gives none; ``options`` as for
+    :func:`array_scan`."""
     arrays = npz_arrays(path)
-    name = next((k for k in ("sinogram", "sino", "projections", "data") if k in arrays), None)
-    numeric = [
-        k for k, v in arrays.items() if v.ndim in (2, 3) and np.issubdtype(v.dtype, np.number)
-    ]
-    if name is None:
-        if len(numeric) != 1:
-            raise ValueError(
-                f"{path.name}: cannot tell which array is the sinogram among {sorted(arrays)}; "
-                "name it 'sinogram'"
-            )
-        name = numeric[0]
-    notes = [f"array '{name}' {arrays[name].dtype} {arrays[name].shape}"]
-    if geometry is None and "geometry" in arrays:
+    name, how = pick_array(arrays, dataset, path.name, "array")
+    notes = [f"array '{name}' {arrays[name].dtype} {arrays[name].shape} ({how})"]
+    if geometry is None and "geometry" in arrays and options["acquisition"].angles is None:
         geometry = geometry_from_description(json.loads(str(arrays["geometry"])), path.name)
         notes.append("geometry from the archive's 'geometry' entry (JSON)")
     for key in ("flats", "darks"):

@@ -10,6 +10,9 @@ format             recognised by
                    whose objects carry ``MATLAB_class``, or a ``.mat`` name
 ``tiff``           a folder of ``.tif``/``.tiff`` files or the TIFF/BigTIFF signature
 ``npy`` / ``npz``  the NumPy signature / a zip archive
+``mrc``            ``MAP`` at byte 208 (MRC2014), or an MRC name (``.mrc``, ``.mrcs``, ``.st``,
+                   ``.ali``, ``.preali``) for older files without it
+``txrm``           the OLE2 compound-file signature (Zeiss Xradia ``.txrm`` / ``.txm``)
 =================  ===========================================================================
 """
 
@@ -18,11 +21,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from .hdf5 import is_hdf5, nx_class, open_h5
+from .mrc import MRC_SUFFIXES
 from .tiff import TIFF_MAGICS, tiff_files
+from .xradia import OLE_MAGIC
 
 __all__ = ["FORMATS", "detect_format"]
 
-FORMATS = ("nxtomo", "dxchange", "mat", "tiff", "npy", "npz")
+FORMATS = ("nxtomo", "dxchange", "mat", "tiff", "npy", "npz", "mrc", "txrm")
 
 
 def file_head(path: Path, n: int = 4096) -> bytes:
@@ -61,9 +66,14 @@ def detect_format(path: str | Path) -> str:
         return "npy"
     if head.startswith(b"PK\x03\x04"):
         return "npz"
+    if head.startswith(OLE_MAGIC):
+        return "txrm"
+    if head[208:212] == b"MAP " or path.suffix.lower() in MRC_SUFFIXES:
+        return "mrc"
     raise ValueError(
         f"{path.name}: unknown scan format (first bytes {head[:8]!r}); dip-uq reads NeXus/NXtomo "
-        "and Data Exchange HDF5, MATLAB .mat, TIFF stacks and .npy/.npz"
+        "and Data Exchange HDF5, MATLAB .mat, TIFF stacks, .npy/.npz, MRC tilt series and "
+        "Xradia .txrm/.txm"
     )
 
 

@@ -4,12 +4,21 @@ transposed) through h5py.
 A struct with ``sinogram`` and ``parameters`` fields (the HTC2022 ``CtData*`` layout: a 2D
 fan-beam sinogram ``(angles, cols)`` of line integrals, angles in degrees, distances and pixel
 size in ``distanceUnit``) becomes a :class:`~dip_uq.geometry.FanBeam` scan; any other file is
-read as a bare array (a variable named ``sinogram``, ``sino``, ``projections`` or ``data``, or
-the only 2D/3D one) that needs the caller's geometry (:mod:`dip_uq.io.arrays`).
+read as a bare array that needs the caller's geometry or angles (:mod:`dip_uq.io.arrays`).
+
+The sinogram is the variable ``dataset`` (``--dataset NAME``), else one named ``sinogram``,
+``sino``, ``projections`` or ``data``, else the only 2D/3D array with an axis as long as the
+angles, else the only 2D/3D array (:func:`~dip_uq.io.arrays.pick_array`). Without angles from
+the caller, a vector whose name says angle/theta/tilt (e.g. ``anglesRad``) gives them: in
+radians when its name says ``rad``, in degrees when it says ``deg``, otherwise radians when
+every value lies within ±2π and degrees when not (the note says which). The notes list the
+variables found, which one was taken and why, and whether it was transposed.
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +26,8 @@ import numpy as np
 
 from ..geometry import FanBeam
 from ..scan import Scan, check_finite
-from .arrays import array_scan
+from .acquisition import Acquisition
+from .arrays import array_scan, pick_array
 from .detect import file_head
 from .geometry_files import GEOMETRY_HINT, GeometrySource, read_geometry
 from .hdf5 import attr_str, is_hdf5, open_h5
@@ -64,9 +74,34 @@ def _scalar(value: Any) -> float:
     return float(np.asarray(value, dtype=np.float64).reshape(-1)[0])
 
 
-def read_mat(path: Path, *, geometry: GeometrySource | None, **options: Any) -> Scan:
-    """A ``.mat`` file: the HTC2022 struct, else a bare array; ``options`` as for
-    :func:`~dip_uq.io.arrays.array_scan`."""
+def _angle_vector(variables: dict[str, Any]) -> tuple[str, np.ndarray, str, str] | None:
+    """``(name, values, unit, why)`` of a vector variable whose name says angle/theta/tilt."""
+    for name, value in variables.items():
+        numeric = isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.number)
+        if not (numeric and re.search("angle|theta|tilt", name, re.IGNORECASE)):
+            continue
+        if value.size < 2 or value.size != max(value.shape):
+            continue
+        values = np.asarray(value, dtype=np.float64).reshape(-1)
+        for unit in ("rad", "deg"):
+            if unit in name.lower():
+                return name, values, unit, "the name says so"
+        inside = bool(np.all(np.abs(values) <= 2 * np.pi + 1e-6))
+        why = f"guessed: the values {'lie' if inside else 'do not lie'} within ±2π"
+        return name, values, "rad" if inside else "deg", why
+    return None
+
+
+def read_mat(
+    path: Path,
+    *,
+    geometry: GeometrySource | None,
+    acquisition: Acquisition,
+    dataset: str | None,
+    **options: Any,
+) -> Scan:
+    """A ``.mat`` file: the HTC2022 struct, else a bare array (see the module docstring);
+    ``options`` as for :func:`~dip_uq.io.arrays.array_scan`."""
     variables, version = _load_mat(path)
     where = path.name
     htc = next(
@@ -78,24 +113,37 @@ def read_mat(path: Path, *, geometry: GeometrySource | None, **options: Any) -> 
         None,
     )
     if htc is not None:
-        return _htc_scan(path, version, *htc, geometry=geometry, **options)
-    arrays = {
-        k: np.asarray(v)
-        for k, v in variables.items()
-        if isinstance(v, np.ndarray) and v.ndim in (2, 3) and np.issubdtype(v.dtype, np.number)
-    }
-    name = next((k for k in ("sinogram", "sino", "projections", "data") if k in arrays), None)
-    if name is None:
-        if len(arrays) != 1:
+        given = acquisition.flags()
+        if given or dataset is not None:
             raise ValueError(
-                f"{where}: no HTC2022-style struct (sinogram + parameters) and "
-                f"{'no' if not arrays else 'several'} 2D/3D arrays ({sorted(variables)}); "
-                "name the sinogram 'sinogram'"
+                f"{where}: the HTC2022 struct '{htc[0]}' records its geometry; leave out "
+                f"{', '.join(given or ['--dataset'])} (or pass --geometry to replace it)"
             )
-        name = next(iter(arrays))
-    notes = [f"MATLAB {version}: variable '{name}' {arrays[name].dtype} {arrays[name].shape}"]
+        return _htc_scan(path, version, *htc, geometry=geometry, **options)
+    arrays = {k: v for k, v in variables.items() if isinstance(v, np.ndarray)}
+    listing = ", ".join(f"{k} {v.dtype} {v.shape}" for k, v in arrays.items())
+    notes = [f"MATLAB {version} variables: {listing or 'none'}"]
+    found = _angle_vector(arrays) if geometry is None and acquisition.angles is None else None
+    if found is not None:
+        angle_name, values, unit, why = found
+        acquisition = replace(acquisition, angles=values, angle_unit=unit)
+        notes.append(f"angles from the variable '{angle_name}' ({values.size}), {unit} ({why})")
+        arrays.pop(angle_name)
+    n_angles = None
+    if acquisition.angles is not None:
+        n_angles = acquisition.read_angles(None, where)[0].size
+    name, how = pick_array(arrays, dataset, where, "variable", n_angles)
+    sino = arrays[name]
+    notes.append(f"took '{name}' {sino.dtype} {sino.shape} as the sinogram ({how})")
     return array_scan(
-        arrays[name], path, "mat", "a .mat sinogram", geometry=geometry, notes=notes, **options
+        sino,
+        path,
+        "mat",
+        "a .mat sinogram",
+        geometry=geometry,
+        acquisition=acquisition,
+        notes=notes,
+        **options,
     )
 
 

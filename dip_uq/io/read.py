@@ -12,9 +12,18 @@ format             what is read
 ``mat``            MATLAB .mat v5 (scipy) and v7.3 (HDF5, arrays transposed); the HTC2022
                    ``CtData*`` struct (sinogram + parameters) becomes a fan-beam scan
 ``tiff``           a folder of TIFF files (one projection each, sorted by name) or a
-                   multi-page TIFF; needs a geometry
-``npy`` / ``npz``  NumPy arrays; need a geometry (an ``.npz`` may carry one as JSON)
+                   multi-page TIFF, or one image holding a sinogram; needs a geometry or angles
+``npy`` / ``npz``  NumPy arrays; need a geometry or angles (an ``.npz`` may carry one as JSON)
+``mrc``            an electron-tomography tilt series (:mod:`~dip_uq.io.mrc`): tilt angles from
+                   ``.tlt``/``.rawtlt``, the extended header or the caller, pixel size in nm
+``txrm``           Zeiss Xradia TXRM/TXM (:mod:`~dip_uq.io.xradia`): projections, angles,
+                   pixel size, distances (cone beam) and the reference image
 =================  ===========================================================================
+
+Files without a geometry (TIFF, NumPy, generic .mat arrays) take either a geometry file or
+the angles with the beam kind, pixel size and distances
+(:class:`~dip_uq.io.acquisition.Acquisition`); the array is then turned so that the axis with
+one entry per angle comes first.
 
 Frames of raw intensities become line integrals with
 :func:`~dip_uq.io.flat_field.flat_dark_correct`; data already stored as line integrals
@@ -33,17 +42,31 @@ from pathlib import Path
 import numpy as np
 
 from ..scan import Scan
+from .acquisition import Acquisition
+from .angles import AngleSource
 from .arrays import read_npy, read_npz, read_tiff
 from .detect import FORMATS, detect_format, detect_hdf5
 from .dxchange import read_dxchange
 from .geometry_files import GeometrySource
 from .matlab import read_mat
+from .mrc import read_mrc
 from .nexus import read_nexus
+from .xradia import read_txrm
 
 __all__ = ["read_scan"]
 
 # other names for the formats; None: an HDF5 file whose layout decides
-_ALIASES = {"nexus": "nxtomo", "nx": "nxtomo", "h5": None, "hdf5": None, "tif": "tiff"}
+_ALIASES = {
+    "nexus": "nxtomo",
+    "nx": "nxtomo",
+    "h5": None,
+    "hdf5": None,
+    "tif": "tiff",
+    "txm": "txrm",
+    "xradia": "txrm",
+    "st": "mrc",
+    "ali": "mrc",
+}
 _READERS = {
     "nxtomo": read_nexus,
     "dxchange": read_dxchange,
@@ -51,6 +74,29 @@ _READERS = {
     "tiff": read_tiff,
     "npy": read_npy,
     "npz": read_npz,
+    "mrc": read_mrc,
+    "txrm": read_txrm,
+}
+# the options each reader takes besides geometry and rows (the others are refused when given)
+_ARRAYS = ("flats", "darks", "acquisition")
+_OPTIONS = {
+    "nxtomo": (),
+    "dxchange": (),
+    "txrm": (),
+    "mat": (*_ARRAYS, "dataset"),
+    "npz": (*_ARRAYS, "dataset"),
+    "tiff": _ARRAYS,
+    "npy": _ARRAYS,
+    "mrc": ("acquisition", "tilt_axis", "tilt_axis_offset", "log"),
+}
+# the command-line options that set them, for the message
+_FLAGS = {
+    "flats": "flats",
+    "darks": "darks",
+    "dataset": "--dataset",
+    "tilt_axis": "--tilt-axis",
+    "tilt_axis_offset": "--tilt-axis-offset",
+    "log": "--log",
 }
 
 
@@ -63,6 +109,15 @@ def read_scan(
     flats: str | Path | np.ndarray | None = None,
     darks: str | Path | np.ndarray | None = None,
     geometry_kind: str | None = None,
+    angles: AngleSource | None = None,
+    angle_unit: str = "deg",
+    pixel_size: float | None = None,
+    source_origin: float | None = None,
+    origin_detector: float | None = None,
+    dataset: str | None = None,
+    tilt_axis: str | None = None,
+    tilt_axis_offset: float | None = None,
+    log: bool | None = None,
 ) -> Scan:
     """Read a scan file (or a folder of TIFFs) as line integrals with its geometry.
 
@@ -80,8 +135,20 @@ def read_scan(
         flats, darks: flat-field and dark frames for raw TIFF/NumPy projections (an array
             ``(n, rows, cols)`` or a file/folder readable as one); the projections are then
             converted with ``-log((p - dark) / (flat - dark))``.
-        geometry_kind: ``"parallel"`` or ``"cone"`` for an ASTRA vector file (inferred from
-            the vectors when not given).
+        geometry_kind: ``"parallel"``, ``"fan"`` or ``"cone"``: the beam of a scan given by
+            ``angles`` (parallel when not given), or of an ASTRA vector file (inferred from the
+            vectors when not given).
+        angles: instead of a geometry, for TIFF, NumPy and generic .mat data (and MRC tilt
+            series): a file, ``"START:STOP:COUNT"`` with an optional unit (``"0:180:360deg"``)
+            or an array (see :mod:`dip_uq.io.angles`), in ``angle_unit`` (``"deg"`` or
+            ``"rad"``) unless the range says.
+        pixel_size: detector pixel pitch in mm with ``angles`` (None: lengths in pixels).
+        source_origin, origin_detector: source–axis and axis–detector distances in mm, for
+            ``geometry_kind`` fan or cone.
+        dataset: the variable (.mat) or array (.npz) that holds the sinogram.
+        tilt_axis, tilt_axis_offset, log: for MRC tilt series, the image axis (``"x"`` or
+            ``"y"``) the tilt axis runs along, its offset in pixels from the image centre, and
+            whether to take ``-log`` (bright field); see :mod:`dip_uq.io.mrc`.
 
     Returns:
         A :class:`~dip_uq.scan.Scan` (sinogram float32 ``(angles, cols)`` or
@@ -105,16 +172,34 @@ def read_scan(
             raise ValueError(f"unknown format {format!r}; known formats: {', '.join(FORMATS)}")
     else:
         key = detect_format(path)
-    options = {
-        "geometry": geometry,
-        "rows": rows,
+    acquisition = Acquisition(
+        angles=angles,
+        angle_unit=angle_unit,
+        kind=geometry_kind,
+        pixel_size=pixel_size,
+        source_origin=source_origin,
+        origin_detector=origin_detector,
+    )
+    given = {
         "flats": flats,
         "darks": darks,
-        "geometry_kind": geometry_kind,
+        "dataset": dataset,
+        "tilt_axis": tilt_axis,
+        "tilt_axis_offset": tilt_axis_offset,
+        "log": log,
     }
+    refused = [_FLAGS[k] for k, v in given.items() if v is not None and k not in _OPTIONS[key]]
+    if acquisition.given() and "acquisition" not in _OPTIONS[key]:
+        refused += acquisition.flags()
+    if refused:
+        raise ValueError(
+            f"{path.name}: {', '.join(refused)} do not apply to {key} files, which record "
+            "their own geometry; leave them out (or pass --geometry to replace it)"
+        )
+    options = {k: v for k, v in {**given, "acquisition": acquisition}.items() if k in _OPTIONS[key]}
     reader = _READERS[key]
     try:
-        return reader(path, **options)
+        return reader(path, geometry=geometry, rows=rows, **options)
     except FileNotFoundError:
         raise
     except (OSError, KeyError, EOFError) as error:  # h5py/tifffile on truncated content

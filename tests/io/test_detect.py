@@ -20,7 +20,7 @@ def test_the_files_in_data(tmp_path):
     assert (tmp_path / "a.dat.npy").exists() and detect_format(tmp_path / "a.dat.npy") == "npy"
     np.savez(tmp_path / "b.npz", x=np.zeros(3))
     assert detect_format(tmp_path / "b.npz") == "npz"
-    assert set(FORMATS) == {"nxtomo", "dxchange", "mat", "tiff", "npy", "npz"}
+    assert set(FORMATS) == {"nxtomo", "dxchange", "mat", "tiff", "npy", "npz", "mrc", "txrm"}
 
 
 def test_what_is_not_a_scan(tmp_path):
