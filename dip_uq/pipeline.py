@@ -98,7 +98,9 @@ class Settings:
             iterations left the 24³ demo's std five times too wide).
         preconditioner_rank: rank of the Nyström preconditioner of those solves (0: none);
             see :class:`dip_uq.laplace.NystromPreconditioner`.
-        batch: samples solved together (memory grows with it); ``None``: all at once.
+        batch: samples solved together; ``None``: all at once. The samples do not depend
+            on it (nor on the number of processes); below
+            ``SolverConfig.product_rows`` (8) the padded products make it slower.
         em_per_block: let EM fit every block's prior variance on its own instead of one
             scale for all (see :meth:`dip_uq.LinearisedLaplace.fit_hyperparameters`).
         fit_noise: let EM update the noise variance too; by default it stays at the DIP's
@@ -417,7 +419,7 @@ def run(
         group: a :class:`dip_uq.laplace.distributed.DistContext` (``torchrun``): rank 0 fits
             the DIP and the others receive it; the posterior samples of EM and of the std
             map are shared out, and every rank returns the same result. Linearised Laplace
-            only; give ``settings.batch`` for results independent of the number of ranks.
+            only; the result is that of one process with the same thread count.
     """
     settings = settings or Settings()
     if group is not None and (settings.method, settings.uq) != ("dip", "laplace"):

@@ -193,7 +193,11 @@ def test_reconstruct_with_a_baseline_uncertainty(tmp_path, uq):
 @pytest.mark.slow
 def test_torchrun_with_two_processes_matches_one_process(tmp_path):
     """`torchrun -m dip_uq reconstruct`: the samples are shared out over 2 gloo processes,
-    only rank 0 writes, and the std map equals the single-process one."""
+    only rank 0 writes, and the std map is the single-process one without a `--batch` (each
+    rank solves its 2 samples together, the single process all 4), within the solver's
+    tolerance (1e-3; it used to differ by up to 40 % on a 32² scan). One thread each, as
+    torchrun gives every process of several: another number of threads rounds the DIP fit
+    and the products differently."""
     import os
     import subprocess
     import sys
@@ -204,7 +208,7 @@ def test_torchrun_with_two_processes_matches_one_process(tmp_path):
         pytest.skip("this torch build has no gloo backend")
     scan = tmp_path / "scan.h5"
     assert main(["simulate", "--size", "16", "--angles", "12", "--out", str(scan)]) == 0
-    common = [str(scan), *FAST, "--samples", "4", "--batch", "1", "--em-steps", "2"]
+    common = [str(scan), *FAST, "--em-steps", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     for n, out in ((1, tmp_path / "one"), (2, tmp_path / "two")):
@@ -216,12 +220,11 @@ def test_torchrun_with_two_processes_matches_one_process(tmp_path):
         assert done.stdout.count("wrote") == 1  # rank 0 alone reports and writes
     runs = [json.loads((tmp_path / d / "run.json").read_text()) for d in ("one", "two")]
     assert [r["processes"] for r in runs] == [1, 2]
-    for name, values in runs[0]["hyperparameters"]["history"].items():
-        np.testing.assert_allclose(runs[1]["hyperparameters"]["history"][name], values, rtol=1e-5)
+    assert runs[1]["hyperparameters"]["history"] == runs[0]["hyperparameters"]["history"]
     with h5py.File(tmp_path / "one" / "reconstruction.h5") as one:
         with h5py.File(tmp_path / "two" / "reconstruction.h5") as two:
             np.testing.assert_array_equal(two["mean"][()], one["mean"][()])
-            np.testing.assert_allclose(two["std"][()], one["std"][()], rtol=1e-5)
+            np.testing.assert_allclose(two["std"][()], one["std"][()], rtol=1e-3, atol=0)
     assert not list((tmp_path / "two").glob(".*"))  # no temporary or stray files
 
 

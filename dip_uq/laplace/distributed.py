@@ -1,12 +1,14 @@
 """Posterior sampling over several processes with ``torch.distributed`` (one GPU per rank).
 
-Every posterior sample is identified by its global index and draws its randomness from a
-generator seeded by ``(seed, index)``, and the solver stops each sample on its own residual,
-so the set of samples does not depend on how many processes ran. Each rank solves its
-contiguous share (:func:`shard`); the per-voxel moments are merged exactly across ranks
+Every posterior sample is identified by its global index and depends on it, the seed and
+the hyperparameters only, bit for bit (:mod:`dip_uq.laplace.posterior` says how), so the
+set of samples does not depend on how many processes ran. Each rank solves its contiguous
+share (:func:`shard`); the per-voxel moments are merged across ranks
 (:func:`all_reduce_moments`), and the EM statistics are all-reduced so that every rank
-holds the same hyperparameters after each step. The DIP is fitted on rank 0 only; the other
-ranks receive ``θ*`` by broadcast (:func:`share_fit`).
+holds the same hyperparameters after each step, the same as one process's. The DIP is
+fitted on rank 0 only; the other ranks receive ``θ*`` by broadcast (:func:`share_fit`).
+Every rank should run as many threads as the one-process run it is compared with (one,
+under ``torchrun`` with several processes): the products round differently otherwise.
 
 Under ``torchrun`` (which sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``,
 ``MASTER_PORT``)::

@@ -120,23 +120,34 @@ def fit_hyperparameters(
     See :meth:`LinearisedLaplace.fit_hyperparameters`, which calls this, for the arguments.
     """
     mine = batches(n_samples, batch, lap.group)
-    states: list[torch.Tensor | None] = [None] * len(mine)  # warm starts, per batch
+    # warm starts, one per batch of ``mine`` (the same batches at every step of this call, so
+    # each sample starts from its own previous solution)
+    states: list[torch.Tensor | None] = [None] * len(mine)
     for _ in tqdm(range(em_steps), desc="EM", disable=not progress):
-        stats = _statistics(lap, mine, states)
+        stats = _statistics(lap, n_samples, mine, states)
         _update(lap, stats, n_samples, states, per_block=per_block, fit_noise=fit_noise)
     return lap.history
 
 
 def _statistics(
-    lap: Posterior, mine: list[tuple[int, int]], states: list[torch.Tensor | None]
+    lap: Posterior,
+    n_samples: int,
+    mine: list[tuple[int, int]],
+    states: list[torch.Tensor | None],
 ) -> torch.Tensor:
     """The E-step's sums over all ranks, float64 ``(3 nb + 2,)``: ``[Σ_k d_k,b | Σ_k d_k,b² |
     ||û_b||² (per block each) | Σ_k (Σ_b d_k,b)² | ||r - M û||²]`` with
-    ``d_k,b = ||u₀_k,b||² - ||u_k,b||²``; updates the warm starts ``states`` in place."""
+    ``d_k,b = ||u₀_k,b||² - ||u_k,b||²``; updates the warm starts ``states`` in place.
+
+    The sums over ``k`` are taken over a table of ``d_k,b`` by sample index, in index order,
+    after the all-reduce: every rank fills the rows of its own samples and leaves the others
+    at 0, so the all-reduce adds exact zeros, and the sums are the same bit for bit whatever
+    the batches and the number of ranks (summed per batch, they differed by round-off).
+    """
     blocks = lap.prior.blocks
     nb = len(blocks)
-    # ranks other than 0 leave the mode's entries at 0 for the sum
-    stats = torch.zeros(3 * nb + 2, dtype=torch.float64)
+    d = torch.zeros(n_samples, nb, dtype=torch.float64)
+    mode = torch.zeros(nb + 1, dtype=torch.float64)  # ||û_b||², ||r - M û||²; 0 off rank 0
     for i, (start, stop) in enumerate(mine):
         samples, info = lap.sample_weights(stop - start, start=start, x0=states[i])
         states[i] = info["state"]
@@ -145,21 +156,23 @@ def _statistics(
         # ||u₀_b||² - ||u_b||² varies with the data-informed part of u_b only, where
         # n_b - ||u_b||² carries the chi-square noise of n_b prior directions
         base = lap.prior.block_sqnorms(info["base"].double())
-        d = torch.stack([base[b] - norms[b] for b in blocks]).cpu()  # (nb, batch)
-        stats[:nb] += d.sum(1)
-        stats[nb : 2 * nb] += d.square().sum(1)
-        stats[-2] += d.sum(0).square().sum()
+        d[start:stop] = torch.stack([base[b] - norms[b] for b in blocks], 1).cpu()
     if lap.group is None or lap.group.rank == 0:
         # the mode is one deterministic solve: the other ranks would only repeat it
         u_hat = lap.mode()
         norms = lap.prior.block_sqnorms(u_hat[None].double())
-        stats[2 * nb : 3 * nb] = torch.stack([norms[b][0] for b in blocks]).cpu()
+        mode[:nb] = torch.stack([norms[b][0] for b in blocks]).cpu()
         with torch.no_grad():
             misfit = lap.linear_data - lap.A(lap.images(u_hat[None]))[0]
-        stats[-1] = float(misfit.double().square().sum())
+        mode[nb] = float(misfit.double().square().sum())
     if lap.group is not None:
-        stats = lap.group.all_reduce_sum(stats, "all-reduce of the EM statistics")
-    return stats
+        both = lap.group.all_reduce_sum(
+            torch.cat([d.reshape(-1), mode]), "all-reduce of the EM statistics"
+        )
+        d, mode = both[: d.numel()].reshape(d.shape), both[d.numel() :]
+    return torch.cat(
+        [d.sum(0), d.square().sum(0), mode[:nb], d.sum(1).square().sum()[None], mode[nb:]]
+    )
 
 
 def _update(

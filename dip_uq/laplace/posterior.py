@@ -23,10 +23,15 @@ without it the 60–300 iterations we could afford left the samples close to the
 the std several times too wide (a 32² DIP needed 1203 plain CG iterations to a relative
 residual of 1e-3, 58 with rank 200). All samples of a batch are optimised together.
 
-Random numbers come from one generator per sample index, seeded by ``(seed, index)``, and
-the solver stops every sample on its own residual; the samples are solved and their moments
-merged batch by batch (:mod:`dip_uq.laplace.moments`, which says when two runs give the same
-samples). The hyperparameters are fitted by sample-based EM (:mod:`dip_uq.laplace.em`).
+**Sample k depends on (seed, k) and the hyperparameters only**, not on the batch or the
+number of processes: random numbers come from one generator per sample index, seeded by
+``(seed, index)``; the solver takes every step and stopping decision per sample; and every
+product of a sample solve is applied to exactly ``SolverConfig.product_rows`` rows at a time
+(:func:`~dip_uq.laplace.solvers.fixed_rows`), so that a sample's float32 arithmetic is the
+same bit for bit in any batch. (Without that, batches of 1, 3 and 8 gave std maps up
+to 53 % apart: the round-off of another batch shape, amplified by CG.) The samples are
+solved and their moments merged batch by batch (:mod:`dip_uq.laplace.moments`). The
+hyperparameters are fitted by sample-based EM (:mod:`dip_uq.laplace.em`).
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from .linearised import LinearisedNetwork
 from .moments import Moments, accumulate, batches
 from .preconditioner import NystromPreconditioner
 from .priors import MaternPrior
-from .solvers import Method, SolverConfig, solve
+from .solvers import Method, SolverConfig, fixed_rows, solve
 
 if TYPE_CHECKING:
     from ..dip import DIP
@@ -223,27 +228,41 @@ class LinearisedLaplace:
         pre = built[2]
         return NystromPreconditioner(pre.basis, pre.eigenvalues * scale, self.noise_variance)
 
+    def _fixed_rows(self, row_map: Callable[[torch.Tensor], torch.Tensor]) -> Callable:
+        """``row_map`` applied to ``SolverConfig.product_rows`` rows at a time: every product
+        of a sample solve goes through this, so that a sample's arithmetic does not depend on
+        the samples solved with it (:func:`~dip_uq.laplace.solvers.fixed_rows`)."""
+        return fixed_rows(row_map, self.solver.product_rows)
+
     def _solve_dual(
-        self, rhs: torch.Tensor, x0: torch.Tensor | None
+        self, rhs: torch.Tensor, x0: torch.Tensor | None, *, padded: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """``u = Mᵀ a`` with ``(M Mᵀ + σ_y² I) a = rhs`` by CG; returns ``u``, ``a``, info.
 
         Solving in measurement space keeps float32 usable: directions of ``a`` that the
         conditioning leaves inaccurate are those ``Mᵀ`` barely passes on to ``u``.
+        ``padded``: the products ``SolverConfig.product_rows`` rows at a time
+        (:meth:`_fixed_rows`), for samples; the mode, one row solved alone in every run, goes
+        without the padding.
         """
         config = SolverConfig(**{**vars(self.solver), "method": Method.CG})
         flat = rhs.reshape(rhs.shape[0], -1)
         start = None if x0 is None else x0.reshape(flat.shape)
+        pre = self.preconditioner()
+        dual, m_t = self._dual, self._m_t
+        if padded:
+            dual, m_t = self._fixed_rows(dual), self._fixed_rows(m_t)
+            pre = None if pre is None else self._fixed_rows(pre)
         with torch.no_grad():
             a, info = solve(
-                self._dual,
+                dual,
                 flat,
                 x0=start if start is not None else 0 * flat,
                 config=config,
-                preconditioner=self.preconditioner(),
+                preconditioner=pre,
             )
             a = a.reshape(rhs.shape)
-            return self._m_t(a), a, info
+            return m_t(a), a, info
 
     def _base_noise(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """``u₀ (B, P)`` and ``e₀ (B, *sino)`` for the given global sample indices."""
@@ -279,14 +298,15 @@ class LinearisedLaplace:
         u0, e0 = self._base_noise(range(start, start + n_samples))
         with torch.no_grad():
             if method is Method.CG:
-                u, a, info = self._solve_dual(self.noise_std * e0 - self._m(u0), x0)
+                rhs = self.noise_std * e0 - self._fixed_rows(self._m)(u0)
+                u, a, info = self._solve_dual(rhs, x0)
                 return u0 + u, {**info, "state": a, "base": u0}
-            b = u0 + self._m_t(e0) / self.noise_std
+            b = u0 + self._fixed_rows(self._m_t)(e0) / self.noise_std
             if method is Method.EXACT:
                 exact = {"iterations": 0, "residual": torch.zeros(n_samples), "base": u0}
                 return self._exact_solve(b), exact
             config = SolverConfig(**{**vars(self.solver), "method": method})
-            u, info = solve(self._normal, b, x0=x0, config=config)
+            u, info = solve(self._fixed_rows(self._normal), b, x0=x0, config=config)
             return u, {**info, "state": u, "base": u0}
 
     def sample(
@@ -312,7 +332,7 @@ class LinearisedLaplace:
                 self.solver.tolerance,
             )
         with torch.no_grad():
-            return self.images(u)
+            return self._fixed_rows(self.images)(u)
 
     def moments(
         self,
@@ -328,14 +348,15 @@ class LinearisedLaplace:
         The samples ``0, ..., n_samples - 1`` are cut into batches ``[0, batch)``,
         ``[batch, 2 batch)``, ... With :attr:`group`, each rank draws a contiguous share of
         the batches and the moments are merged across ranks: every rank returns the moments
-        of all samples (only its own in ``samples``). With the same ``batch``, the result
-        agrees with one process's to round-off.
+        of all samples (only its own in ``samples``). The samples are the same bit for bit
+        whatever ``batch`` and the number of ranks (the module docstring says why), so the
+        moments agree with one process's to the round-off of their float64 merge (1e-16).
 
         Args:
             n_samples: the number of samples (all ranks together).
-            batch: samples solved together (memory grows with it); default an even share
-                per rank, ``ceil(n_samples / world_size)``. Give it explicitly for results
-                that do not depend on the number of ranks (:mod:`dip_uq.laplace.moments`).
+            batch: samples solved together (the solver's vectors grow with it, the products
+                go through the network in blocks of ``SolverConfig.product_rows`` whatever it is);
+                default an even share per rank, ``ceil(n_samples / world_size)``.
             checkpoint: a directory of per-batch checkpoints, written and resumed from as
                 :func:`dip_uq.laplace.moments.accumulate` says; files written under other
                 settings (seed, solver, hyperparameters, shapes) are refused
@@ -405,7 +426,9 @@ class LinearisedLaplace:
     def mode(self) -> torch.Tensor:
         """The linear model's posterior mode ``û = Mᵀ (M Mᵀ + σ_y² I)⁻¹ r`` (whitened,
         ``(P,)``), ``r = y - A f(θ*) + A J θ*``; warm-started from the previous call."""
-        u, self._mode_state, _ = self._solve_dual(self.linear_data[None], self._mode_state)
+        u, self._mode_state, _ = self._solve_dual(
+            self.linear_data[None], self._mode_state, padded=False
+        )
         return u[0]
 
     def fit_hyperparameters(
@@ -434,8 +457,9 @@ class LinearisedLaplace:
             progress: show a progress bar over the steps.
 
         With :attr:`group`, each rank draws its share of the batches, rank 0 alone solves for
-        the mode, and one all-reduce per step sums the statistics, so every rank makes the
-        same M-step and holds the same hyperparameters and history.
+        the mode, and one all-reduce per step gathers the statistics, so every rank makes the
+        same M-step and holds the same hyperparameters and history: the same, bit for bit,
+        as one process with any ``batch`` (:mod:`dip_uq.laplace.em` says how).
 
         Returns :attr:`history`: every hyperparameter, the effective dimensions ``γ_b`` and the
         data residual per step (index 0 is the initial value).

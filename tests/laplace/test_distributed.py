@@ -21,7 +21,9 @@ from dip_uq.laplace.distributed import init_from_env, shard, share_fit
 if not (dist.is_available() and dist.is_gloo_available()):
     pytest.skip("torch.distributed with the gloo backend is not available", allow_module_level=True)
 
-N_SAMPLES, BATCH, EM_STEPS, EM_SAMPLES = 8, 2, 2, 4
+# shares of 3: batch shapes that round differently from 6 at once on the CPU (4 and 8 happen
+# to round alike)
+N_SAMPLES, EM_STEPS, EM_SAMPLES = 6, 2, 6
 
 
 def _laplace(group=None) -> LinearisedLaplace:
@@ -35,10 +37,10 @@ def _laplace(group=None) -> LinearisedLaplace:
 
 
 def _run(lap: LinearisedLaplace, checkpoint=None) -> dict:
-    """A std map with the samples kept, then EM: what both runs compare. (The samples of
-    the same batches agree to round-off, converged or not, on one thread each.)"""
-    moments = lap.moments(N_SAMPLES, batch=BATCH, checkpoint=checkpoint, keep_samples=True)
-    history = lap.fit_hyperparameters(EM_STEPS, EM_SAMPLES, batch=BATCH, fit_noise=True)
+    """A std map with the samples kept, then EM: what both runs compare, each with the
+    default batch (on two ranks half the samples each, in one process all at once)."""
+    moments = lap.moments(N_SAMPLES, checkpoint=checkpoint, keep_samples=True)
+    history = lap.fit_hyperparameters(EM_STEPS, EM_SAMPLES, fit_noise=True)
     return {"history": history, "moments": moments}
 
 
@@ -88,7 +90,8 @@ def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("distributed")
     mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
     ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
-    return out, ranks, _run(_laplace())  # one thread, as on the ranks: the same round-off
+    # one thread, as on the ranks: another number of threads rounds the products otherwise
+    return out, ranks, _run(_laplace())
 
 
 def test_shard_splits_contiguously_and_evenly():
@@ -112,12 +115,13 @@ def test_rank_1_receives_theta_star_by_broadcast(runs):
     assert float(ranks[0]["dip"].abs().max()) > 0
 
 
-def test_em_history_is_identical_on_the_ranks_and_matches_one_process(runs):
+def test_em_history_is_identical_on_the_ranks_and_equals_one_process(runs):
+    """The same samples (bit for bit) and their statistics summed in index order: the same
+    steps as one process solving all the samples at once."""
     _, ranks, single = runs
-    assert ranks[0]["history"] == ranks[1]["history"]
+    assert ranks[0]["history"] == ranks[1]["history"] == single["history"]
     assert len(single["history"]["noise_variance"]) == EM_STEPS + 1
-    for key, values in single["history"].items():
-        assert ranks[0]["history"][key] == pytest.approx(values, rel=1e-5), key
+    assert single["history"]["noise_variance"][-1] != single["history"]["noise_variance"][0]
 
 
 def test_std_map_of_two_ranks_equals_one_process(runs):
@@ -125,10 +129,11 @@ def test_std_map_of_two_ranks_equals_one_process(runs):
     one, two = single["moments"], [r["moments"] for r in ranks]
     assert one.count == two[0].count == two[1].count == N_SAMPLES
     assert torch.equal(two[0].m2, two[1].m2) and torch.equal(two[0].mean, two[1].mean)
-    torch.testing.assert_close(two[0].std, one.std, rtol=1e-5, atol=0)
-    # each rank keeps its own samples: the single run's, split in rank order
-    assert (two[0].indices, two[1].indices) == (range(0, 4), range(4, 8))
-    torch.testing.assert_close(torch.cat([two[0].samples, two[1].samples]), one.samples)
+    # the same samples: each rank keeps its own, the single run's split in rank order
+    assert (two[0].indices, two[1].indices) == (range(0, 3), range(3, 6))
+    assert torch.equal(torch.cat([two[0].samples, two[1].samples]), one.samples)
+    # their float64 moments merged in other groups: equal to round-off
+    torch.testing.assert_close(two[0].std, one.std, rtol=1e-12, atol=0)
 
 
 def test_resume_from_the_ranks_checkpoints_redoes_nothing(runs):
@@ -137,9 +142,10 @@ def test_resume_from_the_ranks_checkpoints_redoes_nothing(runs):
     solved = []
     original = lap.sample_weights
     lap.sample_weights = lambda *a, **k: solved.append(k["start"]) or original(*a, **k)
-    (out / "batches" / "moments-0000004-0000006.pt").unlink()  # rank 1 died before this one
-    resumed = lap.moments(N_SAMPLES, batch=BATCH, checkpoint=out / "batches")
-    assert solved == [4]
+    (out / "batches" / "moments-0000003-0000006.pt").unlink()  # rank 1 died before saving it
+    # the ranks' batches, of 3 (a checkpoint is kept per batch)
+    resumed = lap.moments(N_SAMPLES, batch=3, checkpoint=out / "batches")
+    assert solved == [3]
     torch.testing.assert_close(resumed.m2, ranks[0]["moments"].m2, rtol=1e-12, atol=0)
 
 
