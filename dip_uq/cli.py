@@ -718,8 +718,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s"
     )
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_name_the_flags)
+    library = logging.getLogger("dip_uq")
+    library.addFilter(_name_the_flags)  # for this command only: main() may run in a notebook
     try:
         args.run(args)
     except (UserError, ValueError, FileNotFoundError, PermissionError) as error:
@@ -730,6 +730,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dip-uq: interrupted", file=sys.stderr)
         return 130
+    finally:
+        library.removeFilter(_name_the_flags)
     return 0
 
 

@@ -255,3 +255,13 @@ def test_library_messages_name_the_command_line_option():
     record.args = (300,)
     assert _name_the_flags(record)
     assert record.getMessage() == "samples did not converge; raise --cg-iterations (now 300)"
+
+
+def test_the_flag_names_stay_in_the_command(tmp_path, caplog):
+    """After a command, library messages name the Python setting again."""
+    import logging
+
+    assert main(["simulate", "--size", "16", "--angles", "8", "--out", str(tmp_path / "s.h5")]) == 0
+    with caplog.at_level(logging.WARNING, logger="dip_uq"):
+        logging.getLogger("dip_uq").warning("raise SolverConfig.iterations")
+    assert "raise SolverConfig.iterations" in caplog.text
