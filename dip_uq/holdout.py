@@ -21,7 +21,7 @@ wedge, the largest error of such a scan, is invisible to it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -148,7 +148,6 @@ class HoldoutScores:
     observed: np.ndarray
     noise_std: float
     sample_std: float
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able values, under the names ``run.json`` uses."""
@@ -163,7 +162,6 @@ class HoldoutScores:
                 "expected": self.expected.tolist(),
                 "observed": self.observed.tolist(),
             },
-            **self.extra,
         }
 
 

@@ -427,11 +427,13 @@ def run(
             "several processes share out the linearised-Laplace samples only; run "
             f"method={settings.method!r}, uq={settings.uq!r} as one process (without torchrun)"
         )
-    if settings.holdout:  # a K beyond the scan's angles fails before any work
-        holdout.holdout_indices(scan.geometry.n_angles, settings.holdout)
     main = group is None or group.is_main
     progress = progress and main
     device = torch.device(device)
+    volume = volume or scan.volume or default_volume(scan)
+    # before the work folder is touched: a K beyond the scan's angles fails here
+    data = holdout.split_scan(scan, volume, settings.holdout, backend=backend, device=device)
+    A, y, A_held, y_held = data.A, data.y, data.A_held, data.y_held
     work_dir = None if work_dir is None else Path(work_dir)
     if work_dir is not None:
         found = find_checkpoints(work_dir)
@@ -441,9 +443,6 @@ def run(
                 "pass resume=True to continue it, or remove them to start again"
             )
         work_dir.mkdir(parents=True, exist_ok=True)
-    volume = volume or scan.volume or default_volume(scan)
-    data = holdout.split_scan(scan, volume, settings.holdout, backend=backend, device=device)
-    A, y, A_held, y_held = data.A, data.y, data.A_held, data.y_held
     timings: dict[str, float] = {}
     with _Stage(timings, "fbp_s"):
         fbp = A.fbp(y, filter=settings.fbp_filter)
