@@ -382,8 +382,11 @@ def _add_device_arguments(p: argparse.ArgumentParser) -> None:
 
 # The demo's defaults: small enough that FBP → DIP → std map runs in minutes on a 2-core
 # CPU (timings in CHANGELOG/README), sparse-view and noisy enough that the std map has work.
+# 2D: 1500 iterations left the DIP short of the data (residual 2.6 σ², 24.9 dB; 2500: 1.2 σ²,
+# 28.7 dB; 3800, the default at 2 %: 0.66 σ², 32.2 dB), and the std, which describes the
+# fitted network, covered 71 % of its 90 % interval (2500: 81 %, 3800: 95 %).
 DEMO_DEFAULTS = {
-    2: {"size": 64, "geometry": "parallel", "angles": 30, "iterations": 1500, "channels": 32},
+    2: {"size": 64, "geometry": "parallel", "angles": 30, "iterations": 2500, "channels": 32},
     3: {"size": 24, "geometry": "cone", "angles": 24, "iterations": 1500, "channels": 16},
 }
 
@@ -444,7 +447,7 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser, demo: bool) -> None:
         help="uncertainty for --method dip: linearised Laplace (EM with --em-steps), "
         "MC dropout, SGLD, or none (default: %(default)s)",
     )
-    demo_note = " (demo default: 1500)" if demo else ""
+    demo_note = " (demo default: 2500 in 2D, 1500 in 3D)" if demo else ""
     p.add_argument(
         "--iterations",
         type=int,
@@ -454,8 +457,7 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser, demo: bool) -> None:
     p.add_argument(
         "--channels",
         type=int,
-        help="U-Net channels per scale; smaller is faster on a CPU (default: 128 in 2D, "
-        f"32 in 3D){demo_note}",
+        help=f"U-Net channels per scale; smaller is faster on a CPU (default: 32){demo_note}",
     )
     p.add_argument("--scales", type=int, help="U-Net resolutions (default: from the grid)")
     p.add_argument(
@@ -495,6 +497,12 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser, demo: bool) -> None:
         action="store_true",
         help="let EM update the noise variance too (default: keep the DIP's estimate from "
         "the data, which is more reliable unless CG converges fully)",
+    )
+    p.add_argument(
+        "--gprior",
+        action="store_true",
+        help="scale every weight's prior by how little the data sees it (the g-prior; "
+        "default: off)",
     )
     p.add_argument(
         "--batch",
@@ -696,7 +704,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 # the library's messages name its Python settings; on the command line, the option that sets it
-_FLAGS = {"SolverConfig.iterations": "--cg-iterations"}
+_FLAGS = {"SolverConfig.iterations": "--cg-iterations", "Settings.em_steps": "--em-steps"}
 
 
 def _name_the_flags(record: logging.LogRecord) -> bool:

@@ -48,7 +48,7 @@ _UPSAMPLE = {2: "bilinear", 3: "trilinear"}
 _DROPOUT = {2: nn.Dropout2d, 3: nn.Dropout3d}
 # Defaults per dimension: (scales, channels). Skip channels default to 4 at the two finest
 # scales only. Reasons and measurements are in the UNet docstring.
-_DEFAULTS = {2: (5, 128), 3: (4, 32)}
+_DEFAULTS = {2: (5, 32), 3: (4, 32)}
 
 
 class Norm(str, Enum):
@@ -155,11 +155,15 @@ class UNet(nn.Module):
 
     Defaults (``None``)
     -------------------
-    * 2D: 5 scales, 128 channels, skip channels ``(4, 4, 0, 0)``; 2.38M parameters. The
+    * 2D: 5 scales, 32 channels, skip channels ``(4, 4, 0, 0)``; 0.15M parameters. The
       published CT setting (6 scales, 128 channels, skips only at the two finest scales; 2.97M
       parameters in this implementation) with one scale fewer, so images from 49 pixels up fit
-      (a 501-pixel slice still reaches a 32-pixel coarsest grid). ``channels=64`` is ~3x
-      cheaper (0.60M parameters).
+      (a 501-pixel slice still reaches a 32-pixel coarsest grid), and a quarter of its width:
+      on a 2-core CPU and a 64² ellipses scan (30 angles, 2 % noise) 32 channels reached
+      33.8 dB in 150 s where 128 channels reached 24.9 dB (800 iterations), and the
+      linearised Laplace std of 128-channel DIPs came out overconfident (90 % intervals
+      covering 0.19–0.68 of the voxels on 32² scans where 32 channels covered 0.97).
+      ``channels=128`` (2.38M parameters) is the published width.
     * 3D: 4 scales, 32 channels, skip channels ``(4, 4, 0)``; 0.34M parameters. 3D
       convolutions cost 3x more per voxel and volumes hold far more voxels, so the width is
       cut to keep one forward+backward at 64³ under a second on 2 CPU cores; the activations

@@ -19,6 +19,7 @@ from the last checkpoint and reaches the same result as an uninterrupted run.
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import time
@@ -32,7 +33,7 @@ import torch
 from . import baselines, holdout
 from .checkpoint import load, save
 from .dip import DIP
-from .laplace import LinearisedLaplace, SolverConfig
+from .laplace import LinearisedLaplace, SolverConfig, em
 from .laplace.distributed import share_fit
 from .metrics import summary
 from .networks import UNet
@@ -70,6 +71,7 @@ COVERAGE_LEVELS = (0.5, 0.9, 0.95)
 # names in work_dir that belong to an unfinished run
 CHECKPOINTS = ("dip-checkpoint.pt", "em-checkpoint.pt", "samples")
 EM_CHECKPOINT = "dip_uq.pipeline EM checkpoint 1"
+logger = logging.getLogger("dip_uq")
 
 
 @dataclass
@@ -82,7 +84,7 @@ class Settings:
             ``"sgld"`` (:mod:`dip_uq.baselines`) or ``"none"``.
         iterations: DIP iterations; ``None``: the DIP's default from the noise level.
         channels: U-Net feature channels per scale; ``None``: the default for the dimension
-            (128 in 2D, 32 in 3D; :class:`dip_uq.UNet`). Smaller is much faster on a CPU.
+            (32; :class:`dip_uq.UNet`). Smaller is much faster on a CPU.
         scales: U-Net resolutions; ``None``: the default for the grid.
         samples: posterior samples for the std map (and per EM step unless ``em_samples``).
         em_steps: EM steps for the Laplace prior's scale; 0 (default) keeps the initial
@@ -106,6 +108,9 @@ class Settings:
         fit_noise: let EM update the noise variance too; by default it stays at the DIP's
             estimate from the data (see :meth:`dip_uq.LinearisedLaplace.fit_hyperparameters`
             for why).
+        gprior: scale every weight's prior variance by the inverse squared norm of its column
+            of ``A J`` (the g-prior, :mod:`dip_uq.laplace.gprior`) before the scale of the
+            fitted weights is set.
         seed: seeds the network, the DIP input and the posterior samples.
         fbp_filter: filter of the reference FBP.
         holdout: 0 (default) or ``K >= 2``: every K-th projection is kept out of the fit,
@@ -132,6 +137,7 @@ class Settings:
     batch: int | None = None
     em_per_block: bool = False
     fit_noise: bool = False
+    gprior: bool = False
     seed: int = 0
     fbp_filter: str = "hann"
     holdout: int = 0
@@ -312,7 +318,12 @@ def linearise(
     rank 0 fitted (and holds ``rec.y``).
     """
     return LinearisedLaplace(
-        rec, y=y, seed=settings.seed, solver=settings.solver_config(), group=group
+        rec,
+        y=y,
+        seed=settings.seed,
+        solver=settings.solver_config(),
+        group=group,
+        gprior=settings.gprior,
     )
 
 
@@ -356,6 +367,19 @@ def fit_em(
                 fingerprint,
                 {"laplace": lap.state_dict(), "em_steps_done": step + 1},
             )
+    changes = em.last_change(lap.history)
+    unsettled = {k: v for k, v in changes.items() if v > em.SETTLED_CHANGE}
+    if unsettled and main:
+        name, change = max(unsettled.items(), key=lambda kv: kv[1])
+        logger.warning(
+            "EM has not settled: its last step changed %s by %.0f%% (%d of %d hyperparameters "
+            "by more than %.0f%%); the std may still be off: raise Settings.em_steps",
+            name,
+            100 * change,
+            len(unsettled),
+            len(changes),
+            100 * em.SETTLED_CHANGE,
+        )
 
 
 def hyperparameters(

@@ -126,3 +126,29 @@ def test_hyperparameters_report_em_curves_only_after_em(fitted):
     assert set(curves["EM prior variances σ_b²"]) == {
         b.split("/", 1)[1] for b in hyper["history"] if b.startswith("prior_variance/")
     }
+
+
+def test_em_that_has_not_settled_is_reported_with_its_largest_change(fitted, caplog):
+    rec, y, settings = fitted
+    lap = pipeline.linearise(rec, y, settings)
+    # a prior 1000 times too wide: the first EM step shrinks it by more than 10 %
+    lap.prior.variances = {b: 1e3 * v for b, v in lap.prior.variances.items()}
+    lap.history = {k: [v[0] * (1e3 if k.startswith("prior") else 1)] for k, v in lap.history.items()}
+    with caplog.at_level("WARNING", logger="dip_uq"):
+        pipeline.fit_em(lap, Settings(**FAST, em_steps=1))
+    [record] = [r for r in caplog.records if "EM has not settled" in r.getMessage()]
+    message = record.getMessage()
+    assert "prior_variance/" in message and "raise Settings.em_steps" in message
+    change = max(pipeline.em.last_change(lap.history).values())
+    assert f"by {100 * change:.0f}%" in message and change > pipeline.em.SETTLED_CHANGE
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="dip_uq"):
+        pipeline.fit_em(pipeline.linearise(rec, y, settings), Settings(**FAST))  # no EM
+    assert not [r for r in caplog.records if "EM has not settled" in r.getMessage()]
+
+
+def test_gprior_setting_reaches_the_posterior(fitted):
+    rec, y, settings = fitted
+    assert pipeline.linearise(rec, y, settings).prior.scale is None
+    lap = pipeline.linearise(rec, y, Settings(**FAST, gprior=True))
+    assert lap.prior.scale is not None and lap.prior.scale.shape == (lap.model.n_params,)

@@ -14,6 +14,7 @@ variances by sample-based EM. The modules:
   checkpointed batches of samples;
 * :mod:`~dip_uq.laplace.linearised` — :class:`LinearisedNetwork`, the Jacobian products;
 * :mod:`~dip_uq.laplace.priors` — :class:`MaternPrior`, the block-wise Matérn-½ prior;
+* :mod:`~dip_uq.laplace.gprior` — the g-prior's per-weight scale of that prior;
 * :mod:`~dip_uq.laplace.solvers` — :class:`SolverConfig`, batched CG and SGD;
 * :mod:`~dip_uq.laplace.preconditioner` — :class:`NystromPreconditioner` of the CG solves;
 * :mod:`~dip_uq.laplace.distributed` — the samples and EM shared over ``torchrun`` processes.

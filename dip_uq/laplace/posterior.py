@@ -47,6 +47,7 @@ import torch
 
 from . import em
 from .distributed import all_reduce_moments
+from .gprior import gprior_scale
 from .linearised import LinearisedNetwork
 from .moments import Moments, accumulate, batches
 from .preconditioner import NystromPreconditioner
@@ -91,6 +92,8 @@ class LinearisedLaplace:
         prior_variance: initial ``σ_b²`` (a number or per block); default, per block,
             ``θ*_bᵀ K_b⁻¹ θ*_b / n_b``, the scale of the fitted weights.
         lengthscale: Matérn-½ length scale ``ℓ_b`` in taps (fixed).
+        gprior: scale every weight's prior by ``diag(Jᵀ Aᵀ A J)^{-1/2}``
+            (:mod:`dip_uq.laplace.gprior`) before the block variances are set.
         seed: seed of the sample generators.
         solver: :class:`SolverConfig` for samples (and, with CG, for the mode).
         chunk: vectors per batched Jacobian product; by default sized from the network's
@@ -112,6 +115,7 @@ class LinearisedLaplace:
         noise_variance: float | None = None,
         prior_variance: float | dict[str, float] | None = None,
         lengthscale: float | dict[str, float] = 1.0,
+        gprior: bool = False,
         seed: int = 0,
         solver: SolverConfig | None = None,
         chunk: int | None = None,
@@ -143,12 +147,20 @@ class LinearisedLaplace:
         if noise_variance is None:
             noise_variance = float(self._fit_residual.square().sum()) / m
         self.noise_variance = float(noise_variance)
-        self.prior = MaternPrior(weights, 1.0, lengthscale)
+        scale = None
+        if gprior:
+            scale = gprior_scale(
+                self._fixed_rows(lambda z: self.model.vjp(self.A.adjoint(z))),
+                self.y.shape,
+                seed=self.seed,
+                like=self.y,
+            )
+        self.prior = MaternPrior(weights, 1.0, lengthscale, scale)
         if prior_variance is None:
             # σ_b² = θ*ᵀ K⁻¹ θ* / n_b: unit-variance whitened fitted weights per block
             norms = self.prior.block_sqnorms(self.prior.inv_sqrt(self.model.theta_star[None]))
             prior_variance = {b: float(v[0]) / self.prior.block_sizes[b] for b, v in norms.items()}
-        self.prior = MaternPrior(weights, prior_variance, lengthscale)
+        self.prior = MaternPrior(weights, prior_variance, lengthscale, scale)
         self.history: dict[str, list] = {"noise_variance": [self.noise_variance]}
         for b in self.prior.blocks:
             self.history[f"prior_variance/{b}"] = [self.prior.variances[b]]
@@ -394,6 +406,8 @@ class LinearisedLaplace:
             "solver": solver,
             "noise_variance": self.noise_variance,
             "prior_variances": dict(self.prior.variances),
+            # the g-prior's per-weight scale, by its sum (None without it)
+            "prior_scale": None if self.prior.scale is None else float(self.prior.scale.sum()),
         }
 
     def std(

@@ -8,7 +8,11 @@ Every ``k×k`` (2D) or ``k×k×k`` (3D) filter ``w`` of block ``b`` is a priori
 so neighbouring taps correlate; a ``1×1`` convolution has one tap and gets ``N(0, σ_b² I)``.
 Filters are independent. With ``K_ℓ = L Lᵀ`` (Cholesky), ``Σ^{1/2} = σ_b L`` per filter, so
 applying ``Σ``, ``Σ^{1/2}``, ``Σ^{-1}`` to a flat weight vector costs one small matrix product
-per weight tensor. Vectors are ``(B, P)`` in the layout of
+per weight tensor.
+
+An optional per-weight ``scale`` ``g`` (the g-prior of
+:func:`dip_uq.laplace.gprior.gprior_scale`) makes it ``Σ = σ_b² G K_ℓ G`` with
+``G = diag(g)``, i.e. ``Σ^{1/2} = σ_b G L``. Vectors are ``(B, P)`` in the layout of
 :class:`~dip_uq.laplace.linearised.LinearisedNetwork`.
 """
 
@@ -45,6 +49,7 @@ class MaternPrior:
         weights: the linearised weights (``UNet.conv_weights()``), in flat-vector order.
         variance: initial ``σ_b²`` of every block (or a dict block -> variance).
         lengthscale: ``ℓ_b`` of every block, in units of the tap spacing (or a dict).
+        scale: per-weight factors ``g`` ``(P,)`` (positive), or ``None`` for all ones.
 
     ``variances`` (a dict block -> float) may be changed at any time; the factorisations
     depend on the lengthscales only and are cached.
@@ -55,6 +60,7 @@ class MaternPrior:
         weights: Sequence[ConvWeight],
         variance: float | dict[str, float] = 1.0,
         lengthscale: float | dict[str, float] = 1.0,
+        scale: torch.Tensor | None = None,
     ) -> None:
         self.weights = list(weights)
         self.blocks = list(dict.fromkeys(w.block for w in self.weights))
@@ -69,6 +75,9 @@ class MaternPrior:
         self.block_sizes = {
             b: sum(w.numel for w in self.weights if w.block == b) for b in self.blocks
         }
+        if scale is not None and (scale.shape != (self.n_params,) or not bool((scale > 0).all())):
+            raise ValueError(f"scale must be positive with shape ({self.n_params},)")
+        self.scale = scale
         self._factors: dict[tuple, torch.Tensor] = {}
 
     def _cholesky(self, w: ConvWeight, like: torch.Tensor) -> torch.Tensor:
@@ -88,16 +97,26 @@ class MaternPrior:
             start += w.numel
         return torch.cat(parts, dim=1)
 
+    def _scaled(self, theta: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+        """``G θ`` (or ``G⁻¹ θ``) for a batch ``(B, P)``."""
+        if self.scale is None:
+            return theta
+        g = self.scale.to(theta)
+        return theta / g if inverse else theta * g
+
     def sqrt(self, u: torch.Tensor) -> torch.Tensor:
         """``Σ^{1/2} u``: a whitened vector to weights (a prior sample when ``u ~ N(0, I)``)."""
-        return self._per_filter(
-            u, lambda f, w: f @ self._cholesky(w, f).T * math.sqrt(self.variances[w.block])
+        return self._scaled(
+            self._per_filter(
+                u, lambda f, w: f @ self._cholesky(w, f).T * math.sqrt(self.variances[w.block])
+            )
         )
 
     def sqrt_t(self, theta: torch.Tensor) -> torch.Tensor:
         """``(Σ^{1/2})ᵀ θ``, the adjoint of :meth:`sqrt`."""
         return self._per_filter(
-            theta, lambda f, w: f @ self._cholesky(w, f) * math.sqrt(self.variances[w.block])
+            self._scaled(theta),
+            lambda f, w: f @ self._cholesky(w, f) * math.sqrt(self.variances[w.block]),
         )
 
     def inv_sqrt(self, theta: torch.Tensor) -> torch.Tensor:
@@ -108,7 +127,7 @@ class MaternPrior:
             x = torch.linalg.solve_triangular(L, f.transpose(1, 2), upper=False)
             return x.transpose(1, 2) / math.sqrt(self.variances[w.block])
 
-        return self._per_filter(theta, solve)
+        return self._per_filter(self._scaled(theta, inverse=True), solve)
 
     def block_sqnorms(self, u: torch.Tensor) -> dict[str, torch.Tensor]:
         """``||u_b||²`` per block for a batch ``(B, P)``; each entry has shape ``(B,)``."""

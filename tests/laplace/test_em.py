@@ -129,3 +129,34 @@ def test_em_caps_a_runaway_prior_variance_and_names_the_setting_to_raise(tiny, c
         em._update(lap, stats, n_samples, [], per_block=False, fit_noise=False)
     assert lap.prior.variances == {b: em.MAX_VARIANCE_GROWTH * v for b, v in start.items()}
     assert "raise SolverConfig.iterations" in caplog.text and "--" not in caplog.text
+
+
+def test_em_noise_update_matches_the_dense_formula_after_the_held_first_step(tiny):
+    """σ_y² ← ||r - M û||² / (m - γ) with the exact mode and γ = Σ λ / (λ + σ_y²); held at
+    the first step (em.NOISE_HOLD_STEPS)."""
+    parts, noise_variance = tiny
+    lap = LinearisedLaplace(
+        **parts,
+        noise_variance=4 * noise_variance,
+        solver=SolverConfig(iterations=300, tolerance=1e-5),
+    )
+    lap.fit_hyperparameters(em_steps=em.NOISE_HOLD_STEPS, n_samples=64, fit_noise=True)
+    assert lap.history["noise_variance"] == [4 * noise_variance] * (em.NOISE_HOLD_STEPS + 1)
+    M = lap._dense_m().double()  # (m, P) at the variances after the held step(s)
+    r = lap.linear_data.reshape(-1).double()
+    s2 = lap.noise_variance
+    u_hat = torch.linalg.solve(M.T @ M + s2 * torch.eye(M.shape[1], dtype=torch.float64), M.T @ r)
+    eigenvalues = torch.linalg.eigvalsh(M @ M.T)
+    gamma = float((eigenvalues / (eigenvalues + s2)).sum())
+    expected = float((r - M @ u_hat).square().sum()) / (r.numel() - gamma)
+    lap.fit_hyperparameters(em_steps=1, n_samples=64, fit_noise=True)
+    # γ comes from 64 samples (control variates): a few percent of m - γ
+    assert lap.noise_variance == pytest.approx(expected, rel=0.05)
+    assert lap.noise_variance != pytest.approx(4 * noise_variance, rel=0.05)
+
+
+def test_last_change_reports_the_relative_step_of_every_hyperparameter():
+    history = {"noise_variance": [1.0, 2.0, 2.1], "prior_variance/a": [1.0, 0.5], "gamma/a": [3]}
+    change = em.last_change(history)
+    assert change == pytest.approx({"noise_variance": 0.05, "prior_variance/a": 0.5})
+    assert em.last_change({"noise_variance": [1.0]}) == {}

@@ -36,6 +36,21 @@ def test_matern_prior_matches_dense_covariance():
     assert (empirical - dense).abs().max() < 0.1 * dense.diagonal().max()
 
 
+def test_prior_with_a_per_weight_scale_is_g_k_g():
+    net = du.UNet(dim=2, scales=2, channels=2, skip_channels=1, seed=0)
+    plain = MaternPrior(net.conv_weights(), 0.5, lengthscale=0.7)
+    g = torch.rand(plain.n_params, generator=torch.Generator().manual_seed(0)) + 0.1
+    scaled = MaternPrior(net.conv_weights(), 0.5, lengthscale=0.7, scale=g)
+    G = torch.diag(g.double())
+    torch.testing.assert_close(scaled.dense(), G @ plain.dense() @ G)
+    u = torch.randn(3, scaled.n_params, dtype=torch.float64)
+    torch.testing.assert_close(scaled.inv_sqrt(scaled.sqrt(u)), u)
+    root = scaled.sqrt(torch.eye(scaled.n_params, dtype=torch.float64)).T
+    torch.testing.assert_close(scaled.sqrt_t(u), u @ root)
+    with pytest.raises(ValueError, match="scale must be positive"):
+        MaternPrior(net.conv_weights(), scale=-g)
+
+
 def test_bad_prior_settings():
     weights = du.UNet(dim=2, scales=2, channels=2, skip_channels=1).conv_weights()
     with pytest.raises(ValueError, match="variances must be positive"):
