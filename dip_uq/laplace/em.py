@@ -200,6 +200,11 @@ def _update(
     for i, b in enumerate(blocks):
         n_b = lap.prior.block_sizes[b]
         gammas[b] = min(max(float(stats[i]) / n_samples, MIN_GAMMA_FRACTION * n_b), n_b)
+    # the shared factor sums the blocks' estimates before bounding them: bounded block by block,
+    # the blocks the data do not see (γ_b ≈ 0) each added their floor, 74 of Σ γ_b = 587 on a
+    # 32² DIP, a 13 % bias towards a narrower prior
+    n_params = lap.prior.n_params
+    total = min(max(float(stats[:nb].sum()) / n_samples, MIN_GAMMA_FRACTION * n_params), n_params)
     if per_block:
         factors = {
             b: _em_factor(stats[i], stats[nb + i], stats[2 * nb + i], gammas[b], n_samples)
@@ -210,7 +215,7 @@ def _update(
             stats[:nb].sum(),
             stats[-2],
             stats[2 * nb : 3 * nb].sum(),
-            sum(gammas.values()),
+            total,
             n_samples,
         )
         factors = dict.fromkeys(blocks, shared)
@@ -222,7 +227,7 @@ def _update(
             capped.add(b)
             new_variances[b] = cap
     data_residual = float(stats[-1])
-    gamma_total = min(sum(gammas.values()), (1 - MIN_GAMMA_FRACTION) * m)
+    gamma_total = min(sum(gammas.values()) if per_block else total, (1 - MIN_GAMMA_FRACTION) * m)
     steps_done = len(lap.history["noise_variance"]) - 1
     if fit_noise and steps_done >= NOISE_HOLD_STEPS:
         lap.noise_variance = data_residual / (m - gamma_total)
