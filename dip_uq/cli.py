@@ -142,6 +142,7 @@ def _run_and_write(scan: Scan, volume: Volume, args: argparse.Namespace, title: 
             "command": sys.argv,
             "versions": _versions(),
             "device": str(device),
+            "projector_backend": result.backend,
             "threads": torch.get_num_threads(),
             "processes": 1 if group is None else group.world_size,
         },

@@ -186,7 +186,7 @@ def write_results(
         title: first line of the report's title; the scores follow on a second line.
         parameters: the options as the user gave them (recorded in both files).
         run_info: what ``run.json`` records about the run before its parameters (command,
-            versions, device, threads, processes).
+            versions, device, projector backend, threads, processes).
 
     ``reconstruction.h5`` holds ``mean``, ``fbp`` and, where known, ``std`` and ``truth``
     (float32, shaped like the volume, attenuation per length unit) with the volume, geometry,

@@ -195,6 +195,7 @@ class Result:
         curves: per-iteration records for the report: DIP loss, EM history.
         holdout: with ``settings.holdout``, the held-out projections' scores
             (:meth:`dip_uq.holdout.HoldoutScores.to_dict`); else empty.
+        backend: the projector backend the run used (``"auto"`` resolved).
     """
 
     mean: np.ndarray
@@ -206,6 +207,7 @@ class Result:
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     curves: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     holdout: dict[str, Any] = field(default_factory=dict)
+    backend: str = ""
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
@@ -539,6 +541,7 @@ def run(
         hyperparameters=hyper,
         curves=curves,
         holdout=held_out,
+        backend=A.backend,
     )
     if result.truth is not None:
         dip_mean = result.mean if settings.method == "dip" else None

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from dip_uq.cli import main
+from dip_uq.projector.astra_backend import astra_importable
 
 # tiny settings that run the whole pipeline in seconds
 FAST = ["--iterations", "40", "--channels", "8", "--samples", "4", "--em-steps", "1"]
@@ -172,6 +173,8 @@ def test_reconstruct_a_real_scan_with_dip_and_laplace(tmp_path):
     run = json.loads((out / "run.json").read_text())
     assert run["hyperparameters"]["noise_variance"] > 0 and "dip_s" in run["timings"]
     assert run["versions"]["dip_uq"] and run["seeds"]["network_and_samples"] == 0
+    # "auto" resolved: ASTRA's CPU pair for this 2D parallel-beam slice where it imports
+    assert run["projector_backend"] == ("astra" if astra_importable() else "torch")
     assert (out / "report.png").stat().st_size > 10_000
 
 

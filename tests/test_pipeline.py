@@ -133,7 +133,9 @@ def test_em_that_has_not_settled_is_reported_with_its_largest_change(fitted, cap
     lap = pipeline.linearise(rec, y, settings)
     # a prior 1000 times too wide: the first EM step shrinks it by more than 10 %
     lap.prior.variances = {b: 1e3 * v for b, v in lap.prior.variances.items()}
-    lap.history = {k: [v[0] * (1e3 if k.startswith("prior") else 1)] for k, v in lap.history.items()}
+    lap.history = {
+        k: [v[0] * (1e3 if k.startswith("prior") else 1)] for k, v in lap.history.items()
+    }
     with caplog.at_level("WARNING", logger="dip_uq"):
         pipeline.fit_em(lap, Settings(**FAST, em_steps=1))
     [record] = [r for r in caplog.records if "EM has not settled" in r.getMessage()]

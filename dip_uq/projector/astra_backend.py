@@ -72,6 +72,11 @@ def _astra() -> ModuleType | None:
 
 
 @functools.lru_cache(maxsize=1)
+def astra_importable() -> bool:
+    """Whether astra-toolbox imports here (its CPU projectors then work)."""
+    return _astra() is not None
+
+
 def astra_cuda_available() -> bool:
     """Whether ASTRA can project on a CUDA GPU here: astra importable, ``astra.use_cuda()``
     and ``torch.cuda.is_available()``. Cached; never raises and never touches ASTRA 3D."""

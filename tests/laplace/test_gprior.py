@@ -4,7 +4,7 @@ import pytest
 import torch
 from test_posterior import SHAPE
 
-from dip_uq.laplace import LinearisedLaplace, MaternPrior
+from dip_uq.laplace import LinearisedLaplace
 from dip_uq.laplace.gprior import MIN_RELATIVE_DIAGONAL, gprior_scale
 
 
@@ -48,4 +48,3 @@ def test_linearised_laplace_with_gprior_scales_each_weight_by_its_column_of_AJ(t
     sees = AJ.square().sum(0)
     assert float(torch.corrcoef(torch.stack([sees.log(), lap.prior.scale.log()]))[0, 1]) < -0.99
     assert lap.std(4).shape == SHAPE
-

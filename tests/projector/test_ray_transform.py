@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import dip_uq as du
+from dip_uq.projector.astra_backend import astra_importable
 
 ANGLES = np.linspace(0, np.pi, 9, endpoint=False) + 0.1
 
@@ -151,7 +152,10 @@ def test_backend_choice_is_visible():
     auto = du.RayTransform(volume, geometry, backend="auto")
     assert auto.backend in ("torch", "astra")
     if not torch.cuda.is_available():
-        assert auto.backend == "torch"
+        # 2D parallel beam: ASTRA's exact CPU pair where it imports; fan beam: torch
+        assert auto.backend == ("astra" if astra_importable() else "torch")
+        fan = du.FanBeam(ANGLES[:3], (7,), 1.0, 20.0, 10.0)
+        assert du.RayTransform(du.Volume((5, 6)), fan, backend="auto").backend == "torch"
     assert "backend='torch'" in repr(du.RayTransform(volume, geometry, backend="torch"))
 
 
