@@ -1,6 +1,6 @@
-"""Benchmark the deep image prior: reconstruction quality, speed per iteration, pretraining.
+"""Benchmark the deep image prior: reconstruction quality, speed per iteration, pretraining, peer.
 
-Three parts (not timed tests; run by hand, results go to the terminal and optionally to a
+Four parts (not timed tests; run by hand, results go to the terminal and optionally to a
 Markdown and a JSON file):
 
 * ``quality``: PSNR / SSIM of FBP (best of five filters), the TV-regularised PDHG baseline
@@ -15,12 +15,22 @@ Markdown and a JSON file):
 * ``pretrain``: DIP from scratch against DIP started from
   :func:`dip_uq.pretraining.pretrain` weights on the same scan: PSNR against iterations, and
   iterations/time to reach a target PSNR.
+* ``peer``: dip-uq's default DIP against deepinv's ``DeepImagePrior`` (``ConvDecoder``
+  generator, 64 channels, Adam lr 1e-2) on one simulated scan, through the same operator and
+  data: PSNR against wall time under one time budget, the time to reach a target PSNR and the
+  ratio of the two times. deepinv is a benchmark-only install (``pip install
+  "torch==2.13.0" "torchvision==0.28.0" deepinv==0.5.0``, not a dependency); its torchvision
+  needs ``shared/bench/tv_shim.py`` to import beside the CPU torch. Without either the part
+  says so in one line and skips deepinv.
 
 Usage::
 
     python scripts/bench_dip.py quality [--cases 2d|3d|all] [--iterations N] [--channels C]
     python scripts/bench_dip.py speed [--sizes cpu|gpu] [--device cpu|cuda] [--repeat N]
     python scripts/bench_dip.py pretrain [--size 64] [--n-images 512] [--epochs 8]
+    python scripts/bench_dip.py peer [--budget 150] [--target 29.1] [--phantom ellipses]
+                                     [--size 64] [--angles 30] [--noise 0.02] [--every 25]
+                                     [--peer-scale fbp|phantom|none]
 
 Common options: ``--device``, ``--backend``, ``--threads``, ``--markdown FILE``, ``--json FILE``.
 """
@@ -28,10 +38,14 @@ Common options: ``--device``, ``--backend``, ``--threads``, ``--markdown FILE``,
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import platform
 import statistics
+import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,8 +56,11 @@ from dip_uq.dip import DIP, FBP_FILTER
 from dip_uq.metrics import psnr, ssim
 from dip_uq.noise import default_tv_weight, estimate_noise_sigma, image_scale, ray_transform_gain
 from dip_uq.pretraining import pretrain
+from dip_uq.simulation import SCAN_ATTENUATION
 from dip_uq.tv import tv_reconstruct
 
+# deepinv's torchvision import helper, in the shared folder beside the repository
+TV_SHIM = Path(__file__).resolve().parents[2] / "shared" / "bench" / "tv_shim.py"
 FILTERS = ("ram-lak", "shepp-logan", "cosine", "hann", "hamming")
 
 # name: (shape, angles, arc in degrees, relative noise)
@@ -374,9 +391,290 @@ def pretrain_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+class _BudgetSpent(Exception):
+    """Raised from a fit's callback when the wall-time budget is used up (aborts the fit)."""
+
+
+class _Clock:
+    """Wall time since :meth:`start`, less the time spent in :meth:`paused` blocks (the PSNR
+    evaluations), so both methods are timed on their optimisation alone."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.started = 0.0
+        self.excluded = 0.0
+
+    def start(self) -> None:
+        sync(self.device)
+        self.started, self.excluded = time.perf_counter(), 0.0
+
+    def seconds(self) -> float:
+        sync(self.device)
+        return time.perf_counter() - self.started - self.excluded
+
+    def paused(self, fn: Callable[[], float]) -> float:
+        """Run ``fn()`` off the clock and return its value."""
+        sync(self.device)
+        begin = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            sync(self.device)
+            self.excluded += time.perf_counter() - begin
+
+
+def _curve_summary(
+    curve: list[tuple[float, int, float]], target: float, budget: float
+) -> dict[str, Any]:
+    """Best PSNR, the first point at or above ``target`` (``None``: not reached) and the PSNR
+    at a quarter and half of the budget (the last point at or before that time) and at its end
+    (the last point, which may lie a step past the budget)."""
+    best = max(curve, key=lambda p: p[2]) if curve else (float("nan"), 0, float("nan"))
+    reach = next((p for p in curve if p[2] >= target), None)
+    at = {}
+    for fraction in (0.25, 0.5, 1.0):
+        before = [p for p in curve if p[0] <= fraction * budget or fraction == 1.0]
+        at[str(fraction)] = before[-1][2] if before else None
+    return {
+        "best_psnr": best[2],
+        "best_at_s": best[0],
+        "best_at_iteration": best[1],
+        "target_s": None if reach is None else reach[0],
+        "target_iteration": None if reach is None else reach[1],
+        "psnr_at_budget_fraction": at,
+        "iterations_run": curve[-1][1] if curve else 0,
+        "seconds_run": curve[-1][0] if curve else 0.0,
+    }
+
+
+def _import_deepinv(shim: Path) -> Any:
+    """``deepinv`` imported behind the torchvision shim, or ``None`` after printing why not."""
+    if importlib.util.find_spec("deepinv") is None:
+        print(
+            'peer: deepinv is not installed (pip install "torch==2.13.0" '
+            '"torchvision==0.28.0" deepinv==0.5.0); skipping the deepinv part'
+        )
+        return None
+    if not shim.is_file():
+        print(f"peer: torchvision shim {shim} not found (--shim); skipping the deepinv part")
+        return None
+    try:
+        if "tv_shim" not in sys.modules:  # kept there: its torch.library must stay alive
+            spec = importlib.util.spec_from_file_location("tv_shim", shim)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            sys.modules["tv_shim"] = module
+        import deepinv
+    except Exception as error:  # any import failure: skip the peer
+        print(f"peer: deepinv does not import ({type(error).__name__}: {error}); skipping it")
+        return None
+    return deepinv
+
+
+def run_peer(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """dip-uq's default DIP and deepinv's DIP on the same scan, operator and data, each for
+    ``--budget`` seconds, PSNR against the truth every ``--every`` iterations.
+
+    * dip-uq: ``DIP(A, seed=seed)`` with every library default (``UNet.default_for``,
+      iterations from the noise level, lr, γ, clipping); the clock starts right before
+      :meth:`DIP.fit` (so its set-up, FBP input and γ rule, counts). The callback evaluates
+      ``dip.image()`` under ``torch.no_grad()`` (the current weights, the same forward pass as
+      :meth:`DIP.predict`, no RNG use) and raises :class:`_BudgetSpent` at the budget.
+    * deepinv: ``DeepImagePrior(ConvDecoder(channels=64), learning_rate=1e-2)`` with
+      ``LinearPhysics(A=A, A_adjoint=A.adjoint)`` on ``(1, 1, N, N) <-> (1, 1, angles, cols)``
+      tensors. ``DeepImagePrior.forward`` runs all its iterations in one call, so its loop is
+      replicated step for step from deepinv 0.5.0 (``models/dip.py``): the same generator,
+      ``z = randn(img_size)`` fixed, ``Adam(generator.parameters(), lr)``, the model's own
+      loss ``MCLoss`` (``mean((A G(z) - y)²)``), recording ``G(z)`` under ``torch.no_grad()``
+      after every ``--every``-th step (train mode, what its ``forward`` returns). The global
+      RNG is seeded with ``--seed`` before the generator is built. No iteration cap unless
+      ``--peer-iterations`` (deepinv's default is 2500): the budget ends it.
+    * deepinv's image unit ``s`` (``--peer-scale``): the physics is ``u -> A(s u)`` (adjoint
+      ``s Aᵀ``) and the reconstruction ``s G(z)``, the same forward model of the attenuation
+      image. ``fbp`` (default): ``s = image_scale(FBP)``, the unit dip-uq's DIP gives its
+      U-Net; ``phantom``: the phantom's attenuation per unit value (images in [0, 1],
+      deepinv's convention; uses the truth's scale); ``none``: ``s = 1``, attenuation in 1/mm
+      (~0.02), far below the decoder's O(1) start (a smoke run climbed from -16 to +2 dB in
+      20 s).
+
+    Both clocks leave out the PSNR evaluations; each curve also gets the point where the
+    budget (or the iteration count) stopped it.
+    """
+    device = torch.device(args.device)
+    scan = du.simulate_scan(
+        args.phantom, dim=2, size=args.size, angles=args.angles, noise=args.noise, seed=args.seed
+    )
+    A = du.RayTransform(scan.volume, scan.geometry, args.backend)
+    truth = torch.as_tensor(scan.truth, dtype=torch.float32, device=device)
+    y = torch.as_tensor(scan.sinogram, dtype=torch.float32, device=device)
+    case = (
+        f"{args.phantom} {args.size}², {args.angles} angles, {100 * args.noise:g} % noise, "
+        f"seed {args.seed}, {A.backend}"
+    )
+    fbp_psnr = max(psnr(A.fbp(y, filter=f), truth) for f in FILTERS)
+    common = {"case": case, "budget_s": args.budget, "target_psnr": args.target}
+    rows = []
+
+    # dip-uq ---------------------------------------------------------------------------------
+    clock = _Clock(device)
+    curve: list[tuple[float, int, float]] = []
+
+    def measure_dip(dip: DIP) -> float:
+        with torch.no_grad():
+            return psnr(dip.image(), truth)
+
+    def track(dip: DIP, k: int, record: dict[str, float]) -> None:
+        seconds = clock.seconds()
+        spent = seconds >= args.budget
+        if (k + 1) % args.every == 0 or spent or k + 1 == dip.iterations:
+            curve.append((seconds, k + 1, clock.paused(lambda: measure_dip(dip))))
+        if spent:
+            raise _BudgetSpent
+
+    rec = DIP(A, seed=args.seed, device=device, progress=args.progress)
+    clock.start()
+    try:
+        rec.fit(y, callback=track)
+        stopped = "iterations"
+    except _BudgetSpent:
+        stopped = "budget"
+    rows.append(
+        {
+            "method": "dip-uq DIP",
+            **common,
+            "network": f"UNet.default_for, channels {list(rec.network.channels)}",
+            "params": sum(p.numel() for p in rec.network.parameters()),
+            "lr": rec.lr,
+            "iterations_planned": rec.iterations,
+            "stopped_by": stopped,
+            "fbp_psnr": fbp_psnr,
+            **_curve_summary(curve, args.target, args.budget),
+            "curve": curve,
+        }
+    )
+    print(json.dumps(rows[-1]), flush=True)
+
+    # deepinv --------------------------------------------------------------------------------
+    dinv = _import_deepinv(Path(args.shim))
+    if dinv is None:
+        return rows
+    n, sino_shape = args.size, tuple(A.geometry.sino_shape)
+    unit = {
+        "fbp": lambda: image_scale(A.fbp(y, filter=FBP_FILTER)),
+        "phantom": lambda: SCAN_ATTENUATION,
+        "none": lambda: 1.0,
+    }[args.peer_scale]()
+
+    def forward_op(u: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return A(unit * u)  # (1, 1, n, n) -> (1, 1, angles, cols): A takes leading batch axes
+
+    def adjoint_op(s: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return unit * A.adjoint(s)
+
+    physics = dinv.physics.LinearPhysics(
+        A=forward_op, A_adjoint=adjoint_op, img_size=(1, n, n), device=device
+    )
+    y4 = y.reshape(1, 1, *sino_shape)
+    torch.manual_seed(args.seed)
+    generator = dinv.models.ConvDecoder(
+        img_size=(1, n, n), in_size=(4, 4), channels=args.peer_channels
+    ).to(device)
+    model = dinv.models.DeepImagePrior(
+        generator,
+        img_size=[args.peer_channels, 4, 4],
+        iterations=args.peer_iterations or 10**9,
+        learning_rate=args.peer_lr,
+    )
+    curve = []
+
+    def measure_peer(z: torch.Tensor) -> float:
+        with torch.no_grad():
+            return psnr(unit * model.generator(z).reshape(n, n), truth)
+
+    clock.start()
+    stopped = "iterations"
+    with torch.enable_grad():  # deepinv 0.5.0 DeepImagePrior.forward, with recording
+        model.generator.requires_grad_(True)
+        z = torch.randn(model.img_size, device=y4.device).unsqueeze(0)
+        optimizer = torch.optim.Adam(model.generator.parameters(), lr=model.lr)
+        for it in range(model.max_iter):
+            x = model.generator(z)
+            error = model.loss(y=y4, x_net=x, physics=physics)
+            optimizer.zero_grad()
+            error.backward()
+            optimizer.step()
+            seconds = clock.seconds()
+            spent = seconds >= args.budget
+            if (it + 1) % args.every == 0 or spent or it + 1 == model.max_iter:
+                curve.append((seconds, it + 1, clock.paused(lambda z=z: measure_peer(z))))
+            if spent:
+                stopped = "budget"
+                break
+    rows.append(
+        {
+            "method": f"deepinv {dinv.__version__} DIP",
+            **common,
+            "network": f"ConvDecoder, {args.peer_channels} channels, in_size 4×4, 7 layers, "
+            f"unit {args.peer_scale} {unit:.4g}",
+            "image_unit": unit,
+            "params": sum(p.numel() for p in model.generator.parameters()),
+            "lr": model.lr,
+            "iterations_planned": args.peer_iterations,
+            "stopped_by": stopped,
+            "fbp_psnr": fbp_psnr,
+            **_curve_summary(curve, args.target, args.budget),
+            "curve": curve,
+        }
+    )
+    print(json.dumps(rows[-1]), flush=True)
+    ours, theirs = rows[0]["target_s"], rows[1]["target_s"]
+    rows[0]["target_time_ratio"] = None if ours is None or theirs is None else ours / theirs
+    return rows
+
+
+def peer_markdown(rows: list[dict[str, Any]]) -> str:
+    first = rows[0]
+    lines = [
+        f"{first['case']}; FBP (best filter) {first['fbp_psnr']:.2f} dB; budget "
+        f"{first['budget_s']:g} s; target {first['target_psnr']:g} dB",
+        "",
+        "| method | network (params) | lr | iterations, s/it | PSNR at ¼ / ½ / all of budget | "
+        "best PSNR (s, it) | to target: s (it) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        at = " / ".join(
+            "–" if v is None else f"{v:.2f}" for v in r["psnr_at_budget_fraction"].values()
+        )
+        per_it = r["seconds_run"] / max(r["iterations_run"], 1)
+        reach = (
+            "not reached"
+            if r["target_s"] is None
+            else f"{r['target_s']:.1f} ({r['target_iteration']})"
+        )
+        lines.append(
+            f"| {r['method']} | {r['network']} ({r['params']:,}) | {r['lr']:g} | "
+            f"{r['iterations_run']}, {per_it:.3f} | {at} | {r['best_psnr']:.2f} "
+            f"({r['best_at_s']:.1f}, {r['best_at_iteration']}) | {reach} |"
+        )
+    if len(rows) > 1:
+        ratio = first.get("target_time_ratio")
+        lines += [
+            "",
+            "time to target, dip-uq / deepinv: "
+            + ("n/a (a method did not reach it)" if ratio is None else f"{ratio:.2f}"),
+        ]
+    lines.append(
+        "\nPSNR (dB) of the current iterate against the truth; seconds exclude the "
+        "PSNR evaluations."
+    )
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=["quality", "speed", "pretrain"])
+    parser.add_argument("part", choices=["quality", "speed", "pretrain", "peer"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--backend", default="auto", choices=["auto", "torch", "astra"])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -386,17 +684,38 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=None, help="U-Net channels per scale")
     parser.add_argument("--tv-iterations", type=int, default=1000)
     parser.add_argument("--tv-oracle", action="store_true", help="also tune TV's γ on a grid")
-    parser.add_argument("--every", type=int, default=100, help="PSNR curve spacing")
+    parser.add_argument(
+        "--every", type=int, default=None, help="PSNR curve spacing (100; peer: 25)"
+    )
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--bf16", action="store_true", help="speed: bf16 autocast (CUDA)")
-    parser.add_argument("--size", type=int, default=64, help="pretrain: image side")
+    parser.add_argument("--size", type=int, default=64, help="pretrain, peer: image side")
     parser.add_argument("--n-images", type=int, default=512)
     parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--phantom", default="ellipses", choices=["ellipses", "shepp-logan"])
+    parser.add_argument("--angles", type=int, default=30, help="peer: projections")
+    parser.add_argument("--noise", type=float, default=0.02, help="peer: relative noise")
+    parser.add_argument("--budget", type=float, default=150.0, help="peer: seconds per method")
+    parser.add_argument("--target", type=float, default=29.1, help="peer: target PSNR (dB)")
+    parser.add_argument("--peer-channels", type=int, default=64, help="deepinv ConvDecoder")
+    parser.add_argument("--peer-lr", type=float, default=1e-2, help="deepinv Adam lr")
+    parser.add_argument(
+        "--peer-scale",
+        default="fbp",
+        choices=["fbp", "phantom", "none"],
+        help="deepinv: unit of the generator's image",
+    )
+    parser.add_argument(
+        "--peer-iterations", type=int, default=None, help="deepinv cap (none: the budget)"
+    )
+    parser.add_argument("--shim", default=str(TV_SHIM), help="peer: torchvision shim file")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--markdown", default=None)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    if args.every is None:
+        args.every = 25 if args.part == "peer" else 100
     if args.threads:
         torch.set_num_threads(args.threads)
     header = (
@@ -408,6 +727,7 @@ def main() -> None:
         "quality": (run_quality, quality_markdown),
         "speed": (run_speed, speed_markdown),
         "pretrain": (run_pretrain, pretrain_markdown),
+        "peer": (run_peer, peer_markdown),
     }[args.part]
     rows = run(args)
     table = render(rows)
