@@ -465,14 +465,20 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser, demo: bool) -> None:
         "--samples",
         type=int,
         default=Settings.samples,
-        help="posterior samples for the std map and per EM step (default: %(default)s)",
+        help="posterior samples for the std map (default: %(default)s)",
+    )
+    p.add_argument(
+        "--em-samples",
+        type=int,
+        default=Settings.em_samples,
+        help="posterior samples per EM step (default: %(default)s)",
     )
     p.add_argument(
         "--em-steps",
         type=int,
         default=Settings.em_steps,
-        help="EM steps for the prior's scale (default: %(default)s, the scale of the fitted "
-        "weights, which was the better calibrated in our tests)",
+        help="steps of sample-based EM, which fits the noise level (and, with --em-prior, "
+        "the prior's scale); 0 for none (default: %(default)s)",
     )
     p.add_argument(
         "--cg-iterations",
@@ -495,9 +501,16 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser, demo: bool) -> None:
     )
     p.add_argument(
         "--fit-noise",
+        action=argparse.BooleanOptionalAction,
+        default=Settings.fit_noise,
+        help="let EM fit the noise variance, starting from the DIP's estimate from the data "
+        "(default: on)",
+    )
+    p.add_argument(
+        "--em-prior",
         action="store_true",
-        help="let EM update the noise variance too (default: keep the DIP's estimate from "
-        "the data, which is more reliable unless CG converges fully)",
+        help="let EM fit the prior's scale too (default: off; on our simulated scans it "
+        "made the std overconfident: see README)",
     )
     p.add_argument(
         "--gprior",

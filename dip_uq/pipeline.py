@@ -87,12 +87,12 @@ class Settings:
             (32; :class:`dip_uq.UNet`). Smaller is much faster on a CPU.
         scales: U-Net resolutions; ``None``: the default for the grid.
         samples: posterior samples for the std map (and per EM step unless ``em_samples``).
-        em_steps: EM steps for the Laplace prior's scale; 0 (default) keeps the initial
-            hyperparameters, the scale of the fitted weights and the DIP's noise estimate. On
-            the small evaluation suite these were the better calibrated: the 90 % interval
-            covered 79–100 % of the voxels before EM and 62–95 % after three EM steps, which
-            shrank the prior (see :meth:`dip_uq.LinearisedLaplace.fit_hyperparameters`).
-        em_samples: posterior samples per EM step; ``None``: ``samples``.
+        em_steps: steps of sample-based EM (2 by default; 0: none), which fits the noise
+            variance (``fit_noise``) and, with ``em_prior``, the prior's scale. Two steps of
+            the noise alone brought the DIP's noise estimate (0.78–1.55 times the true
+            ``σ_y²`` on five 32²/64² scans) to 0.82–1.01 times it; the second step changed it
+            by under 5 %.
+        em_samples: posterior samples per EM step (default 8); ``None``: ``samples``.
         cg_iterations: the most conjugate-gradient iterations per sampling solve (each
             stops at a relative residual of 1e-3). With the default preconditioner the 2D
             demo's DIP gets there in about 60 and a 24³ cone-beam DIP in about 70; the cap
@@ -105,9 +105,12 @@ class Settings:
             ``SolverConfig.product_rows`` (8) the padded products make it slower.
         em_per_block: let EM fit every block's prior variance on its own instead of one
             scale for all (see :meth:`dip_uq.LinearisedLaplace.fit_hyperparameters`).
-        fit_noise: let EM update the noise variance too; by default it stays at the DIP's
-            estimate from the data (see :meth:`dip_uq.LinearisedLaplace.fit_hyperparameters`
-            for why).
+        fit_noise: let EM fit the noise variance (default), starting from the DIP's estimate
+            from the data.
+        em_prior: let EM fit the prior's scale too (default off: on 14 seeded 2D scans with
+            32-channel U-Nets it shrank the scale 7–60-fold and the 90 % interval then
+            covered 0.56–0.97 of the voxels against 0.69–1.0 without it, with a lower test
+            log-likelihood in most of them; :mod:`dip_uq.laplace.em`).
         gprior: scale every weight's prior variance by the inverse squared norm of its column
             of ``A J`` (the g-prior, :mod:`dip_uq.laplace.gprior`) before the scale of the
             fitted weights is set.
@@ -130,13 +133,14 @@ class Settings:
     channels: int | None = None
     scales: int | None = None
     samples: int = 16
-    em_steps: int = 0
-    em_samples: int | None = None
+    em_steps: int = 2
+    em_samples: int | None = 8
     cg_iterations: int = SolverConfig.iterations
     preconditioner_rank: int = SolverConfig.preconditioner_rank
     batch: int | None = None
     em_per_block: bool = False
-    fit_noise: bool = False
+    fit_noise: bool = True
+    em_prior: bool = False
     gprior: bool = False
     seed: int = 0
     fbp_filter: str = "hann"
@@ -163,10 +167,14 @@ class Settings:
             )
         if self.prior_scale == "holdout" and not self.holdout:
             raise ValueError("prior_scale='holdout' needs held-out projections: set holdout=K")
-        if self.prior_scale == "holdout" and self.em_steps:
+        if self.prior_scale == "holdout" and self.em_steps and self.em_prior:
             raise ValueError(
                 "prior_scale='holdout' chooses the scale EM would fit; use one of them "
-                "(em_steps=0 with it)"
+                "(em_prior=False with it)"
+            )
+        if self.em_steps and not (self.fit_noise or self.em_prior):
+            raise ValueError(
+                "EM has nothing to fit: set fit_noise or em_prior, or em_steps=0 for no EM"
             )
         self.solver_config()  # the solver settings are checked where they are defined
 
@@ -361,6 +369,7 @@ def fit_em(
             batch=settings.batch,
             per_block=settings.em_per_block,
             fit_noise=settings.fit_noise,
+            fit_prior=settings.em_prior,
         )
         if checkpoint is not None and main:
             save(

@@ -135,7 +135,7 @@ def test_the_prior_scale_is_chosen_by_the_held_out_likelihood(tiny):
     with pytest.raises(ValueError, match="needs held-out projections"):
         pipeline.Settings(prior_scale="holdout")
     with pytest.raises(ValueError, match="chooses the scale EM would fit"):
-        pipeline.Settings(prior_scale="holdout", holdout=4, em_steps=2)
+        pipeline.Settings(prior_scale="holdout", holdout=4, em_steps=2, em_prior=True)
 
 
 def test_the_command_line_reports_the_check_and_refuses_bad_k(tmp_path, capsys):

@@ -34,6 +34,7 @@ def fitted():
         ({"em_steps": -1}, "em_steps must be 0 or more"),
         ({"cg_iterations": 0}, "SolverConfig.iterations must be at least 1"),
         ({"preconditioner_rank": -1}, "preconditioner_rank must be 0"),
+        ({"fit_noise": False}, "EM has nothing to fit"),
     ],
 )
 def test_bad_settings_are_refused(options, message):
@@ -71,7 +72,7 @@ def test_em_samples_set_the_samples_of_every_em_step(fitted, monkeypatch):
     lap = pipeline.linearise(rec, y, settings)
     pipeline.fit_em(lap, Settings(**{**FAST, "em_samples": 2}, em_steps=2))
     assert seen == [(1, 2), (1, 2)]  # one checkpointable step per call
-    pipeline.fit_em(lap, settings)
+    pipeline.fit_em(lap, Settings(**FAST, em_samples=None, em_steps=2))
     assert seen[2:] == [(1, 4), (1, 4)]  # without em_samples: the samples of the std map
 
 
@@ -118,7 +119,7 @@ def test_em_interrupted_and_resumed_from_its_checkpoint_repeats_the_uninterrupte
 def test_hyperparameters_report_em_curves_only_after_em(fitted):
     rec, y, settings = fitted
     lap = pipeline.linearise(rec, y, settings)
-    hyper, curves = pipeline.hyperparameters(lap, Settings(**FAST))
+    hyper, curves = pipeline.hyperparameters(lap, Settings(**FAST, em_steps=0))
     assert curves == {} and hyper["noise_variance"] == lap.noise_variance
     pipeline.fit_em(lap, settings)
     hyper, curves = pipeline.hyperparameters(lap, settings)
@@ -137,7 +138,7 @@ def test_em_that_has_not_settled_is_reported_with_its_largest_change(fitted, cap
         k: [v[0] * (1e3 if k.startswith("prior") else 1)] for k, v in lap.history.items()
     }
     with caplog.at_level("WARNING", logger="dip_uq"):
-        pipeline.fit_em(lap, Settings(**FAST, em_steps=1))
+        pipeline.fit_em(lap, Settings(**FAST, em_steps=1, em_prior=True))
     [record] = [r for r in caplog.records if "EM has not settled" in r.getMessage()]
     message = record.getMessage()
     assert "prior_variance/" in message and "raise Settings.em_steps" in message
@@ -145,7 +146,7 @@ def test_em_that_has_not_settled_is_reported_with_its_largest_change(fitted, cap
     assert f"by {100 * change:.0f}%" in message and change > pipeline.em.SETTLED_CHANGE
     caplog.clear()
     with caplog.at_level("WARNING", logger="dip_uq"):
-        pipeline.fit_em(pipeline.linearise(rec, y, settings), Settings(**FAST))  # no EM
+        pipeline.fit_em(pipeline.linearise(rec, y, settings), Settings(**FAST, em_steps=0))
     assert not [r for r in caplog.records if "EM has not settled" in r.getMessage()]
 
 

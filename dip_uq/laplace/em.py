@@ -75,9 +75,9 @@ MIN_GAMMA_FRACTION = 1e-3  # γ_b is kept above this fraction of n_b (sampling n
 GAMMA_SIGNIFICANCE = 2.0
 # EM never raises σ_b² above this multiple of its start, the scale of the fitted weights
 MAX_VARIANCE_GROWTH = 100.0
-# with fit_noise, σ_y² is held for the first EM steps (the schedule of Antorán et al., ICLR
-# 2023): at the start the prior is at the fitted weights' scale, and a joint update there
-# moves σ_y² by what the prior's scale has yet to correct
+# with fit_noise and fit_prior, σ_y² is held for the first EM steps (the schedule of Antorán
+# et al., ICLR 2023): at the start the prior is at the fitted weights' scale, and a joint
+# update there moves σ_y² by what the prior's scale has yet to correct
 NOISE_HOLD_STEPS = 1
 # EM has settled when its last step changed no hyperparameter by more than this (relative)
 SETTLED_CHANGE = 0.1
@@ -120,6 +120,7 @@ def fit_hyperparameters(
     batch: int | None = None,
     per_block: bool = False,
     fit_noise: bool = False,
+    fit_prior: bool = True,
     progress: bool = False,
 ) -> dict[str, list]:
     """Run ``em_steps`` EM steps on ``lap`` in place; returns its :attr:`history`.
@@ -132,7 +133,15 @@ def fit_hyperparameters(
     states: list[torch.Tensor | None] = [None] * len(mine)
     for _ in tqdm(range(em_steps), desc="EM", disable=not progress):
         stats = _statistics(lap, n_samples, mine, states)
-        _update(lap, stats, n_samples, states, per_block=per_block, fit_noise=fit_noise)
+        _update(
+            lap,
+            stats,
+            n_samples,
+            states,
+            per_block=per_block,
+            fit_noise=fit_noise,
+            fit_prior=fit_prior,
+        )
     return lap.history
 
 
@@ -190,6 +199,7 @@ def _update(
     *,
     per_block: bool,
     fit_noise: bool,
+    fit_prior: bool,
 ) -> None:
     """The M-step from the E-step's ``stats``: new variances, the history, rescaled warm
     starts ``states`` (in place)."""
@@ -205,7 +215,9 @@ def _update(
     # 32² DIP, a 13 % bias towards a narrower prior
     n_params = lap.prior.n_params
     total = min(max(float(stats[:nb].sum()) / n_samples, MIN_GAMMA_FRACTION * n_params), n_params)
-    if per_block:
+    if not fit_prior:
+        factors = dict.fromkeys(blocks, 1.0)
+    elif per_block:
         factors = {
             b: _em_factor(stats[i], stats[nb + i], stats[2 * nb + i], gammas[b], n_samples)
             for i, b in enumerate(blocks)
@@ -229,7 +241,7 @@ def _update(
     data_residual = float(stats[-1])
     gamma_total = min(sum(gammas.values()) if per_block else total, (1 - MIN_GAMMA_FRACTION) * m)
     steps_done = len(lap.history["noise_variance"]) - 1
-    if fit_noise and steps_done >= NOISE_HOLD_STEPS:
+    if fit_noise and (steps_done >= NOISE_HOLD_STEPS or not fit_prior):
         lap.noise_variance = data_residual / (m - gamma_total)
     if lap.solver.method is not Method.CG:
         # whitened warm starts refer to the old variances

@@ -453,6 +453,7 @@ class LinearisedLaplace:
         batch: int | None = None,
         per_block: bool = False,
         fit_noise: bool = False,
+        fit_prior: bool = True,
         progress: bool = False,
     ) -> dict[str, list]:
         """Tune the prior variances (and ``σ_y²``) by sample-based EM (:mod:`dip_uq.laplace.em`).
@@ -468,6 +469,8 @@ class LinearisedLaplace:
                 weights; :mod:`dip_uq.laplace.em` says why).
             fit_noise: also update ``σ_y²``; by default it keeps its value (with a DIP, the
                 DIP's noise estimate; :mod:`dip_uq.laplace.em` says why).
+            fit_prior: update the prior variances (default); ``False`` with ``fit_noise``
+                fits the noise variance alone.
             progress: show a progress bar over the steps.
 
         With :attr:`group`, each rank draws its share of the batches, rank 0 alone solves for
@@ -485,6 +488,7 @@ class LinearisedLaplace:
             batch=batch,
             per_block=per_block,
             fit_noise=fit_noise,
+            fit_prior=fit_prior,
             progress=progress,
         )
 

@@ -126,7 +126,7 @@ def test_em_caps_a_runaway_prior_variance_and_names_the_setting_to_raise(tiny, c
     stats = torch.cat([n_samples * d, n_samples * d**2, torch.full_like(d, 1e12), tail])
     start = dict(lap.prior.variances)
     with caplog.at_level("WARNING", logger="dip_uq"):
-        em._update(lap, stats, n_samples, [], per_block=False, fit_noise=False)
+        em._update(lap, stats, n_samples, [], per_block=False, fit_noise=False, fit_prior=True)
     assert lap.prior.variances == {b: em.MAX_VARIANCE_GROWTH * v for b, v in start.items()}
     assert "raise SolverConfig.iterations" in caplog.text and "--" not in caplog.text
 
@@ -160,3 +160,23 @@ def test_last_change_reports_the_relative_step_of_every_hyperparameter():
     change = em.last_change(history)
     assert change == pytest.approx({"noise_variance": 0.05, "prior_variance/a": 0.5})
     assert em.last_change({"noise_variance": [1.0]}) == {}
+
+
+def test_em_fits_the_noise_alone_from_the_first_step_when_the_prior_is_held(tiny):
+    parts, noise_variance = tiny
+    lap = LinearisedLaplace(
+        **parts,
+        noise_variance=4 * noise_variance,
+        solver=SolverConfig(iterations=300, tolerance=1e-5),
+    )
+    variances = dict(lap.prior.variances)
+    M = lap._dense_m().double()
+    r = lap.linear_data.reshape(-1).double()
+    s2 = lap.noise_variance
+    u_hat = torch.linalg.solve(M.T @ M + s2 * torch.eye(M.shape[1], dtype=torch.float64), M.T @ r)
+    eigenvalues = torch.linalg.eigvalsh(M @ M.T)
+    gamma = float((eigenvalues / (eigenvalues + s2)).sum())
+    expected = float((r - M @ u_hat).square().sum()) / (r.numel() - gamma)
+    lap.fit_hyperparameters(em_steps=1, n_samples=64, fit_noise=True, fit_prior=False)
+    assert lap.prior.variances == variances
+    assert lap.noise_variance == pytest.approx(expected, rel=0.05)
