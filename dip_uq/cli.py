@@ -514,9 +514,9 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser, demo: bool) -> None:
     )
     p.add_argument(
         "--gprior",
-        action="store_true",
-        help="scale every weight's prior by how little the data sees it (the g-prior; "
-        "default: off)",
+        action=argparse.BooleanOptionalAction,
+        default=Settings.gprior,
+        help="scale every weight's prior by how little the data sees it (the g-prior; default: on)",
     )
     p.add_argument(
         "--batch",

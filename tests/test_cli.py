@@ -236,13 +236,15 @@ def test_evaluate_writes_the_table_refuses_to_overwrite_and_resumes(tmp_path, ca
     args = ["evaluate", "--methods", "fbp", "--cases", "2d32-shepp-logan-sparse30-5%"]
     args += ["--out", str(out), "--quiet"]
     assert main(args) == 0
-    assert "| 2d32-shepp-logan-sparse30-5% | fbp | 16.35 |" in capsys.readouterr().out
+    # the scan is simulated with the "auto" backend: ASTRA's CPU pair where it imports
+    psnr = "16.40" if astra_importable() else "16.35"
+    assert f"| 2d32-shepp-logan-sparse30-5% | fbp | {psnr} |" in capsys.readouterr().out
     before = (out / "results.csv").read_bytes()
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "--resume" in err and "--overwrite" in err and err.count("\n") == 1
     assert main([*args, "--resume"]) == 0
-    assert "| fbp | 16.35 |" in capsys.readouterr().out
+    assert f"| fbp | {psnr} |" in capsys.readouterr().out
     assert (out / "results.csv").read_bytes() == before
     assert main([*args, "--overwrite", "--cases", "nope"]) == 2  # a case the suite lacks
     assert "suite 'small' has no cases ['nope']" in capsys.readouterr().err
@@ -268,3 +270,24 @@ def test_the_flag_names_stay_in_the_command(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="dip_uq"):
         logging.getLogger("dip_uq").warning("raise SolverConfig.iterations")
     assert "raise SolverConfig.iterations" in caplog.text
+
+
+def test_em_options_reach_the_settings():
+    from dip_uq.cli import _parse, _settings
+
+    default = _settings(_parse(["reconstruct", "scan.h5"]))
+    assert (default.em_steps, default.em_samples, default.fit_noise, default.em_prior) == (
+        2,
+        8,
+        True,
+        False,
+    )
+    assert default.gprior
+    args = ["reconstruct", "scan.h5", "--no-fit-noise", "--em-prior", "--em-samples", "4"]
+    given = _settings(_parse([*args, "--no-gprior"]))
+    assert (given.fit_noise, given.em_prior, given.em_samples, given.gprior) == (
+        False,
+        True,
+        4,
+        False,
+    )

@@ -152,6 +152,6 @@ def test_em_that_has_not_settled_is_reported_with_its_largest_change(fitted, cap
 
 def test_gprior_setting_reaches_the_posterior(fitted):
     rec, y, settings = fitted
-    assert pipeline.linearise(rec, y, settings).prior.scale is None
-    lap = pipeline.linearise(rec, y, Settings(**FAST, gprior=True))
+    assert pipeline.linearise(rec, y, Settings(**FAST, gprior=False)).prior.scale is None
+    lap = pipeline.linearise(rec, y, settings)  # the default
     assert lap.prior.scale is not None and lap.prior.scale.shape == (lap.model.n_params,)

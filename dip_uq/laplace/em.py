@@ -68,7 +68,7 @@ if TYPE_CHECKING:
     from .priors import MaternPrior
     from .solvers import SolverConfig
 
-__all__ = ["Posterior", "fit_hyperparameters", "last_change"]
+__all__ = ["Posterior", "fit_hyperparameters", "last_change", "unsettled"]
 
 MIN_GAMMA_FRACTION = 1e-3  # γ_b is kept above this fraction of n_b (sampling noise)
 # σ_b² is updated only where the estimate of γ_b exceeds this many standard errors
@@ -273,6 +273,20 @@ def last_change(history: dict[str, list]) -> dict[str, float]:
         for name, values in history.items()
         if (name == "noise_variance" or name.startswith("prior_variance/")) and len(values) > 1
     }
+
+
+def unsettled(history: dict[str, list]) -> str | None:
+    """A one-line report when the last EM step of ``history`` changed a hyperparameter by more
+    than :data:`SETTLED_CHANGE` (the largest change, how many moved so much), else ``None``."""
+    changes = last_change(history)
+    moved = {k: v for k, v in changes.items() if v > SETTLED_CHANGE}
+    if not moved:
+        return None
+    name, change = max(moved.items(), key=lambda kv: kv[1])
+    return (
+        f"EM has not settled: its last step changed {name} by {100 * change:.0f}% ({len(moved)} "
+        f"of {len(changes)} hyperparameters by more than {100 * SETTLED_CHANGE:.0f}%)"
+    )
 
 
 def _em_factor(

@@ -93,7 +93,11 @@ class LinearisedLaplace:
             ``θ*_bᵀ K_b⁻¹ θ*_b / n_b``, the scale of the fitted weights.
         lengthscale: Matérn-½ length scale ``ℓ_b`` in taps (fixed).
         gprior: scale every weight's prior by ``diag(Jᵀ Aᵀ A J)^{-1/2}``
-            (:mod:`dip_uq.laplace.gprior`) before the block variances are set.
+            (:mod:`dip_uq.laplace.gprior`) before the block variances are set (default).
+            On 11 seeded scans (2D parallel and fan, 3D cone; 32-channel U-Nets) it raised
+            the 90 % coverage where the std was too narrow (0.69–0.81 → 0.80–0.90) and kept
+            it at 0.92–1.0 elsewhere: median 0.92 against 0.88, mean test log-likelihood
+            5.73 against 5.46 nats per voxel. ``False``: the plain block-wise prior.
         seed: seed of the sample generators.
         solver: :class:`SolverConfig` for samples (and, with CG, for the mode).
         chunk: vectors per batched Jacobian product; by default sized from the network's
@@ -115,7 +119,7 @@ class LinearisedLaplace:
         noise_variance: float | None = None,
         prior_variance: float | dict[str, float] | None = None,
         lengthscale: float | dict[str, float] = 1.0,
-        gprior: bool = False,
+        gprior: bool = True,
         seed: int = 0,
         solver: SolverConfig | None = None,
         chunk: int | None = None,
