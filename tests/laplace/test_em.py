@@ -131,6 +131,18 @@ def test_em_caps_a_runaway_prior_variance_and_names_the_setting_to_raise(tiny, c
     assert "raise SolverConfig.iterations" in caplog.text and "--" not in caplog.text
 
 
+def _dense_noise_update(lap: LinearisedLaplace) -> float:
+    """The exact M-step ``||r - M û||² / (m - γ)``, ``γ = Σ λ / (λ + σ_y²)`` over the
+    eigenvalues of ``M Mᵀ``, at ``lap``'s current hyperparameters (dense)."""
+    M = lap._dense_m().double()  # (m, P)
+    r = lap.linear_data.reshape(-1).double()
+    s2 = lap.noise_variance
+    u_hat = torch.linalg.solve(M.T @ M + s2 * torch.eye(M.shape[1], dtype=torch.float64), M.T @ r)
+    eigenvalues = torch.linalg.eigvalsh(M @ M.T)
+    gamma = float((eigenvalues / (eigenvalues + s2)).sum())
+    return float((r - M @ u_hat).square().sum()) / (r.numel() - gamma)
+
+
 def test_em_noise_update_matches_the_dense_formula_after_the_held_first_step(tiny):
     """σ_y² ← ||r - M û||² / (m - γ) with the exact mode and γ = Σ λ / (λ + σ_y²); held at
     the first step (em.NOISE_HOLD_STEPS)."""
@@ -142,13 +154,7 @@ def test_em_noise_update_matches_the_dense_formula_after_the_held_first_step(tin
     )
     lap.fit_hyperparameters(em_steps=em.NOISE_HOLD_STEPS, n_samples=64, fit_noise=True)
     assert lap.history["noise_variance"] == [4 * noise_variance] * (em.NOISE_HOLD_STEPS + 1)
-    M = lap._dense_m().double()  # (m, P) at the variances after the held step(s)
-    r = lap.linear_data.reshape(-1).double()
-    s2 = lap.noise_variance
-    u_hat = torch.linalg.solve(M.T @ M + s2 * torch.eye(M.shape[1], dtype=torch.float64), M.T @ r)
-    eigenvalues = torch.linalg.eigvalsh(M @ M.T)
-    gamma = float((eigenvalues / (eigenvalues + s2)).sum())
-    expected = float((r - M @ u_hat).square().sum()) / (r.numel() - gamma)
+    expected = _dense_noise_update(lap)  # at the variances after the held step(s)
     lap.fit_hyperparameters(em_steps=1, n_samples=64, fit_noise=True)
     # γ comes from 64 samples (control variates): a few percent of m - γ
     assert lap.noise_variance == pytest.approx(expected, rel=0.05)
@@ -170,13 +176,7 @@ def test_em_fits_the_noise_alone_from_the_first_step_when_the_prior_is_held(tiny
         solver=SolverConfig(iterations=300, tolerance=1e-5),
     )
     variances = dict(lap.prior.variances)
-    M = lap._dense_m().double()
-    r = lap.linear_data.reshape(-1).double()
-    s2 = lap.noise_variance
-    u_hat = torch.linalg.solve(M.T @ M + s2 * torch.eye(M.shape[1], dtype=torch.float64), M.T @ r)
-    eigenvalues = torch.linalg.eigvalsh(M @ M.T)
-    gamma = float((eigenvalues / (eigenvalues + s2)).sum())
-    expected = float((r - M @ u_hat).square().sum()) / (r.numel() - gamma)
+    expected = _dense_noise_update(lap)
     lap.fit_hyperparameters(em_steps=1, n_samples=64, fit_noise=True, fit_prior=False)
     assert lap.prior.variances == variances
     assert lap.noise_variance == pytest.approx(expected, rel=0.05)
