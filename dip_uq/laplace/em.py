@@ -43,8 +43,9 @@ linear model's exact mode: with the plain-sketch preconditioner of earlier versi
 CG iterations, the residual ``||r - M û||²`` was far too large and ``σ_y²`` swung by three
 orders of magnitude between steps (32² Shepp-Logan, 2 % noise; also on the tooth scan).
 With the Nyström preconditioner it is stable (0.76–1.3 times the true ``σ_y²`` over 12
-steps on 32² and 64² DIPs, against 0.78–0.97 for the DIP's own estimate). With
-``fit_noise`` it is held for the first :data:`NOISE_HOLD_STEPS` step(s).
+steps on 32² and 64² DIPs, against 0.78–0.97 for the DIP's own estimate). When the prior
+is fitted too, ``σ_y²`` is held for the first :data:`NOISE_HOLD_STEPS` step(s); with
+``fit_prior=False`` it is updated from the first step.
 
 Length scales stay fixed at the value given (default 1 tap): they shape the prior within a
 filter, the variances carry its scale, and fitting them would need a second estimator.

@@ -47,27 +47,15 @@ class Backend(Protocol):
         """``(B, *geometry.sino_shape) -> (B, *volume.shape)``."""
 
 
-def _astra_cuda_available() -> bool:
-    try:
-        from .astra_backend import astra_cuda_available
-    except ImportError:
-        return False
-    return astra_cuda_available()
-
-
-def _astra_importable() -> bool:
-    try:
-        from .astra_backend import astra_importable
-    except ImportError:
-        return False
-    return astra_importable()
-
-
 def _auto_backend(geometry: Geometry) -> str:
     """What ``"auto"`` means for ``geometry`` here (see the module docstring)."""
-    if _astra_cuda_available():
+    try:
+        from . import astra_backend
+    except ImportError:
+        return "torch"
+    if astra_backend.astra_cuda_available():
         return "astra"
-    if geometry.ndim == 2 and geometry.kind == "parallel" and _astra_importable():
+    if geometry.ndim == 2 and geometry.kind == "parallel" and astra_backend.astra_importable():
         return "astra"
     return "torch"
 
