@@ -16,7 +16,7 @@ the real object).
 
 Usage: ``python scripts/tooth_check.py [--size 96] [--out tooth-check]`` (writes
 ``tooth_check.json`` and ``tooth_check.png`` there, and checkpoints under ``full/`` and
-``sparse/`` from which a rerun resumes; about 12 minutes on one CPU core).
+``sparse/`` from which a rerun resumes; about 14 minutes on one CPU core).
 """
 
 from __future__ import annotations
