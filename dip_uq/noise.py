@@ -45,6 +45,8 @@ __all__ = [
 SCALE_QUANTILE = 0.999  # c = this quantile of |FBP(y)|: a few noisy voxels do not set it
 TV_KAPPA = 0.5  # γ = κ σ a / m; the calibration is in default_tv_weight
 PRETRAINED_ITERATION_FACTOR = 0.7  # default_iterations after pretrain(); see there
+AIR_THRESHOLD = 3.0  # |y| below this many σ: a pixel that sees air (_air_sigma)
+AIR_FRACTION = 0.05  # the least share of detector triples in air for the air estimate
 _MAX_QUANTILE_ELEMENTS = 2**20  # subsample for the quantile (torch.quantile caps at 2**24)
 
 
@@ -167,11 +169,40 @@ def _parallel_moment_sigma(y: torch.Tensor, geometry: Geometry, degree: int = 10
     return math.sqrt(rss / dof) if dof > 0 else None
 
 
+def _second_difference_sigma(y: torch.Tensor, keep: torch.Tensor | None = None) -> float:
+    """``median(|y[j+1] - 2 y[j] + y[j-1]|) / (0.6745 √6)`` along the detector columns, over
+    the triples whose three pixels are all in ``keep`` (all of them by default)."""
+    d2 = y[..., 2:] - 2 * y[..., 1:-1] + y[..., :-2]
+    if keep is not None:
+        d2 = d2[keep[..., 2:] & keep[..., 1:-1] & keep[..., :-2]]
+    return _quantile(d2.abs(), 0.5) / (0.6745 * math.sqrt(6.0))
+
+
+def _air_sigma(y: torch.Tensor, sigma: float) -> float | None:
+    """Noise std from the detector pixels that see no object, or None where too few do.
+
+    Pixels with ``|y| < AIR_THRESHOLD · σ`` are taken as air, with ``σ`` first the given
+    (over-)estimate, then the air estimate itself; on air the second differences hold noise
+    only. Each of the two passes must keep at least :data:`AIR_FRACTION` of the triples, else
+    there is no air around ``y = 0`` to read (an object filling the field of view, or air
+    whose line integral is offset from 0 by the flat field) and the result is None.
+    """
+    for _ in range(2):
+        keep = y.abs() < AIR_THRESHOLD * sigma
+        triples = keep[..., 2:] & keep[..., 1:-1] & keep[..., :-2]
+        if int(triples.sum()) < max(AIR_FRACTION * triples.numel(), 100):
+            return None
+        sigma = _second_difference_sigma(y, keep)
+        if not sigma > 0:
+            return None
+    return sigma
+
+
 def estimate_noise_sigma(y: torch.Tensor, geometry: Geometry | None = None) -> float:
     """Estimate the noise std ``σ`` of one sinogram (its units).
 
-    Two estimators; the smaller is returned, since both can only overestimate (signal
-    leaking into the noise estimate), never systematically underestimate:
+    Three estimators, each of which signal leaking into it can only push up; the smallest
+    that applies is returned:
 
     * parallel beam (2D, or 3D with rays perpendicular to ``z``): the consistency of the
       projection moments across angles (:func:`_parallel_moment_sigma`). Measured on
@@ -180,8 +211,14 @@ def estimate_noise_sigma(y: torch.Tensor, geometry: Geometry | None = None) -> f
     * any geometry: the median absolute deviation of second differences along the detector
       columns, ``median(|y[j+1] - 2 y[j] + y[j-1]|) / (0.6745 √6)``. Sharp edges in the
       projections leak into it: on the same scans it is 1.1-1.6x the true ``σ`` at 5 % noise
-      and 2-5x at 1 % (it is the only one for fan and cone beam; give ``noise_sigma`` when
-      the noise is known).
+      and 2-5x at 1 %; on fan and cone scans (voxel-sized detector pixels) 1.6-2.4x from 1 to
+      5 % and 3.6x at 1 % (48² fan);
+    * other geometries (fan, cone, tilted axes): the same statistic over the detector pixels
+      that see air (:func:`_air_sigma`). On nine simulated fan and cone scans (16³-32³,
+      48², 1-5 % noise) it was 0.99-1.07x the true ``σ``. With transmission data the noise
+      of ``-log(I/I₀)`` grows with the attenuation, so on a real scan it reads the smallest
+      noise level, that of air; where it cannot find air (HTC 2022's fan-beam scan, whose air
+      sits off 0) the second estimate is used. Give ``noise_sigma`` when the noise is known.
 
     ``σ`` also absorbs the projector's own model error, which a fit cannot remove either.
     """
@@ -189,12 +226,14 @@ def estimate_noise_sigma(y: torch.Tensor, geometry: Geometry | None = None) -> f
         raise ValueError(
             f"cannot estimate the noise from {y.shape[-1]} detector columns; pass noise_sigma"
         )
-    d2 = y[..., 2:] - 2 * y[..., 1:-1] + y[..., :-2]
-    sigma = _quantile(d2.abs(), 0.5) / (0.6745 * math.sqrt(6.0))
-    if geometry is not None:
-        moment = _parallel_moment_sigma(y, geometry)
-        if moment is not None:
-            sigma = min(sigma, moment)
+    sigma = _second_difference_sigma(y)
+    moment = None if geometry is None else _parallel_moment_sigma(y, geometry)
+    if moment is not None:
+        return min(sigma, moment)
+    if geometry is not None and sigma > 0:
+        air = _air_sigma(y, sigma)
+        if air is not None:
+            sigma = min(sigma, air)
     return sigma
 
 
