@@ -491,7 +491,7 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser, demo: bool) -> None:
         type=int,
         default=Settings.preconditioner_rank,
         help="rank of the Nyström preconditioner of the CG solves; 0 for plain CG "
-        "(default: %(default)s)",
+        "(default: 200 to 600, growing with the number of measurements)",
     )
     p.add_argument(
         "--em-per-block",

@@ -93,8 +93,8 @@ class Settings:
         em_samples: posterior samples per EM step; ``None``: ``samples``.
         cg_iterations: the most conjugate-gradient iterations per sampling solve (each
             stops at a relative residual of 1e-3; the 2D demo's DIP needs about 60).
-        preconditioner_rank: rank of the Nyström preconditioner of those solves (0: none);
-            see :class:`dip_uq.laplace.NystromPreconditioner`.
+        preconditioner_rank: rank of the Nyström preconditioner of those solves (0: none;
+            ``None``: :func:`dip_uq.laplace.preconditioner.default_rank`, 200 to 600).
         batch: samples solved together; ``None``: all at once. The samples do not depend
             on it (nor on the number of processes).
         em_per_block: let EM fit every block's prior variance on its own instead of one
@@ -125,7 +125,7 @@ class Settings:
     em_steps: int = 2
     em_samples: int | None = 8
     cg_iterations: int = SolverConfig.iterations
-    preconditioner_rank: int = SolverConfig.preconditioner_rank
+    preconditioner_rank: int | None = SolverConfig.preconditioner_rank
     batch: int | None = None
     em_per_block: bool = False
     fit_noise: bool = True

@@ -21,7 +21,8 @@ Two parts (run by hand; results go to the terminal and optionally to Markdown / 
   noise variance), the distance after ``k`` iterations to a tightly converged CG solution
   (``--reference-iterations``, preconditioned), for CG with the default rank-200 Nyström
   preconditioner, with rank 50 and with none, and for SGD (Nesterov momentum + iterate
-  averaging, ``SolverConfig(method="sgd")``) with a few momenta: the iterations (and seconds,
+  averaging in the same preconditioned coordinates, ``SolverConfig(method="sgd")``) with a
+  few momenta: the iterations (and seconds,
   without building the preconditioner) to a relative residual of 1e-3, and the relative error
   ``‖s_k - s_ref‖ / ‖s_ref‖`` of the image-space samples and of the std map after ``k``
   iterations. All solvers start from the same base noise, so they approach the same samples.
@@ -85,9 +86,10 @@ CONVERGENCE_SOLVERS = {
     "cg, Nyström rank 200 (default)": {"method": "cg"},
     "cg, Nyström rank 50": {"method": "cg", "preconditioner_rank": 50},
     "cg, no preconditioner": {"method": "cg", "preconditioner_rank": 0},
-    "sgd m=0.9": {"method": "sgd", "momentum": 0.9},
-    "sgd m=0.99": {"method": "sgd", "momentum": 0.99},
-    "sgd m=0.99, avg last 20%": {"method": "sgd", "momentum": 0.99, "average_from": 0.8},
+    "sgd m=0.7, Nyström rank 200": {"method": "sgd", "momentum": 0.7},
+    "sgd m=0.9, Nyström rank 200": {"method": "sgd", "momentum": 0.9},
+    "sgd m=0.9, rank 200, avg last 20%": {"method": "sgd", "momentum": 0.9, "average_from": 0.8},
+    "sgd m=0.99, no preconditioner": {"method": "sgd", "momentum": 0.99, "preconditioner_rank": 0},
 }
 
 

@@ -72,7 +72,7 @@ def test_solver_and_em_options_reach_the_settings():
     from dip_uq.cli import _parse, _settings
 
     default = _settings(_parse(["reconstruct", "scan.h5"]))
-    assert (default.preconditioner_rank, default.em_per_block) == (200, False)
+    assert (default.preconditioner_rank, default.em_per_block) == (None, False)
     args = _parse(["reconstruct", "scan.h5", "--preconditioner-rank", "0", "--em-per-block"])
     assert (_settings(args).preconditioner_rank, _settings(args).em_per_block) == (0, True)
 

@@ -13,12 +13,11 @@ convolution weights, with a Gaussian prior ``θ ~ N(0, Σ)``
     L(u) = ||M u||² / σ_y² + ||u - u_n||²,   i.e. the solution of  (I + MᵀM / σ_y²) u = u_n,
 
 is an exact zero-mean posterior sample (its covariance is ``(I + MᵀM/σ_y²)⁻¹``); ``J Σ^{1/2} u``
-is the image sample. This "noise in the regulariser" form has the same minimiser as
-``||M u - σ_y e₀||²/σ_y² + ||u - u₀||²`` with a lower-variance gradient. SGD solves this
-weight-space system. The default, CG, solves the equivalent measurement-space system
-``u = u₀ + Mᵀ a``, ``(M Mᵀ + σ_y² I) a = σ_y e₀ - M u₀`` (Matheron's rule; see
-:mod:`dip_uq.laplace.solvers`), preconditioned by a randomised Nyström approximation of
-``M Mᵀ`` (:mod:`dip_uq.laplace.preconditioner`), built once per set of hyperparameters:
+is the image sample. The solvers (CG, the default, and SGD) solve the equivalent
+measurement-space system ``u = u₀ + Mᵀ a``, ``(M Mᵀ + σ_y² I) a = σ_y e₀ - M u₀``
+(Matheron's rule; see :mod:`dip_uq.laplace.solvers`), preconditioned by a randomised Nyström
+approximation of ``M Mᵀ`` (:mod:`dip_uq.laplace.preconditioner`), built once per set of
+hyperparameters (``method="exact"`` solves the weight-space system densely, for tests):
 without it the 60–300 iterations we could afford left the samples close to the prior and
 the std several times too wide (a 32² DIP needed 1203 plain CG iterations to a relative
 residual of 1e-3, 58 with rank 200). All samples of a batch are optimised together.
@@ -50,7 +49,7 @@ from .distributed import all_reduce_moments
 from .gprior import gprior_scale
 from .linearised import LinearisedNetwork
 from .moments import Moments, accumulate, batches
-from .preconditioner import NystromPreconditioner
+from .preconditioner import NystromPreconditioner, default_rank
 from .priors import MaternPrior
 from .solvers import Method, SolverConfig, fixed_rows, solve
 
@@ -196,10 +195,6 @@ class LinearisedLaplace:
     def _m_t(self, s: torch.Tensor) -> torch.Tensor:
         return self.prior.sqrt_t(self.model.vjp(self.A.adjoint(s)))
 
-    def _normal(self, u: torch.Tensor) -> torch.Tensor:
-        """``(I + MᵀM / σ_y²) u`` on whitened weights ``(B, P)``."""
-        return u + self._m_t(self._m(u)) / self.noise_variance
-
     def _gram(self, a: torch.Tensor) -> torch.Tensor:
         """``M Mᵀ a`` on flattened sinograms ``(B, m)``."""
         return self._m(self._m_t(a.reshape(-1, *self.y.shape))).reshape(a.shape)
@@ -210,15 +205,18 @@ class LinearisedLaplace:
 
     def preconditioner(self) -> NystromPreconditioner | None:
         """The Nyström preconditioner of the CG solves for the current hyperparameters, or
-        ``None`` when ``SolverConfig.preconditioner_rank`` is 0.
+        ``None`` when ``SolverConfig.preconditioner_rank`` is 0 (``None``: the default for the
+        number of measurements, :func:`~dip_uq.laplace.preconditioner.default_rank`).
 
-        Building it costs ``2 preconditioner_rank`` products with ``M Mᵀ``; it is rebuilt only
+        Building it costs ``2 · rank`` products with ``M Mᵀ``; it is rebuilt only
         when the blocks' prior variances change relative to each other. ``M Mᵀ`` is
         ``Σ_b σ_b² A J_b K_b J_bᵀ Aᵀ``, so one factor on every ``σ_b²`` (the default EM)
         scales its eigenvalues by that factor, and ``σ_y²`` is the shift alone: both are
         applied to the stored eigenpairs exactly, for free.
         """
         rank = self.solver.preconditioner_rank
+        if rank is None:
+            rank = default_rank(self.y.numel())
         if rank == 0:
             return None
         # built for the variances relative to the first block's, so that the same relative
@@ -251,9 +249,15 @@ class LinearisedLaplace:
         return fixed_rows(row_map, self.solver.product_rows)
 
     def _solve_dual(
-        self, rhs: torch.Tensor, x0: torch.Tensor | None, *, padded: bool = True
+        self,
+        rhs: torch.Tensor,
+        x0: torch.Tensor | None,
+        *,
+        padded: bool = True,
+        method: Method = Method.CG,
     ) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """``u = Mᵀ a`` with ``(M Mᵀ + σ_y² I) a = rhs`` by CG; returns ``u``, ``a``, info.
+        """``u = Mᵀ a`` with ``(M Mᵀ + σ_y² I) a = rhs`` by preconditioned CG (or SGD);
+        returns ``u``, ``a``, info.
 
         Solving in measurement space keeps float32 usable: directions of ``a`` that the
         conditioning leaves inaccurate are those ``Mᵀ`` barely passes on to ``u``.
@@ -261,7 +265,7 @@ class LinearisedLaplace:
         (:meth:`_fixed_rows`), for samples; the mode, one row solved alone in every run, goes
         without the padding.
         """
-        config = SolverConfig(**{**vars(self.solver), "method": Method.CG})
+        config = SolverConfig(**{**vars(self.solver), "method": method})
         flat = rhs.reshape(rhs.shape[0], -1)
         start = None if x0 is None else x0.reshape(flat.shape)
         pre = self.preconditioner()
@@ -302,28 +306,24 @@ class LinearisedLaplace:
         """Whitened zero-mean posterior samples ``u_k`` ``(n_samples, P)`` and solver info.
 
         ``start`` is the global index of the first sample (samples are reproducible per
-        index). CG solves the equivalent measurement-space system (Matheron's rule)
-        ``u = u₀ + Mᵀ a``, ``(M Mᵀ + σ_y² I) a = σ_y e₀ - M u₀``; SGD minimises the
-        weight-space objective of the module docstring. ``x0`` warm-starts them (``a`` for
-        CG, ``u`` otherwise); the info dict returns the end point as ``"state"`` and the
-        samples' base noise ``u₀`` as ``"base"``.
+        index). CG and SGD solve the measurement-space system (Matheron's rule)
+        ``u = u₀ + Mᵀ a``, ``(M Mᵀ + σ_y² I) a = σ_y e₀ - M u₀``; ``"exact"`` solves the
+        weight-space system of the module docstring densely. ``x0`` warm-starts the solver
+        (``a``); the info dict returns the end point as ``"state"`` and the samples' base
+        noise ``u₀`` as ``"base"``.
         """
         if n_samples < 1:
             raise ValueError(f"n_samples must be at least 1, got {n_samples}")
         method = Method(self.solver.method if method is None else method)
         u0, e0 = self._base_noise(range(start, start + n_samples))
         with torch.no_grad():
-            if method is Method.CG:
-                rhs = self.noise_std * e0 - self._fixed_rows(self._m)(u0)
-                u, a, info = self._solve_dual(rhs, x0)
-                return u0 + u, {**info, "state": a, "base": u0}
-            b = u0 + self._fixed_rows(self._m_t)(e0) / self.noise_std
             if method is Method.EXACT:
+                b = u0 + self._fixed_rows(self._m_t)(e0) / self.noise_std
                 exact = {"iterations": 0, "residual": torch.zeros(n_samples), "base": u0}
                 return self._exact_solve(b), exact
-            config = SolverConfig(**{**vars(self.solver), "method": method})
-            u, info = solve(self._fixed_rows(self._normal), b, x0=x0, config=config)
-            return u, {**info, "state": u, "base": u0}
+            rhs = self.noise_std * e0 - self._fixed_rows(self._m)(u0)
+            u, a, info = self._solve_dual(rhs, x0, method=method)
+            return u0 + u, {**info, "state": a, "base": u0}
 
     def sample(
         self, n_samples: int, *, method: Method | str | None = None, start: int = 0

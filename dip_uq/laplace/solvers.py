@@ -8,9 +8,11 @@ one of two systems, in whitened weights ``u`` (``θ = Σ^{1/2} u``, ``M = A J Σ
   flattened sinograms ``(B, m)``, preconditioned by
   :class:`~dip_uq.laplace.preconditioner.NystromPreconditioner`; the sample is
   ``u = u₀ + Mᵀ a``. The mode solves the same system with the data ``r`` on the right.
-* SGD: the weight-space system ``(I + Mᵀ M / σ_y²) u = u₀ + Mᵀ e₀ / σ_y`` on ``(B, P)``,
-  whose eigenvalues are at least 1; the largest one (the curvature of the data term) sets
-  the step.
+* SGD: the same measurement-space system in the preconditioned coordinates of CG
+  (gradient ``P⁻¹ (N a - b)``), with Nesterov momentum and iterate averaging; the largest
+  eigenvalue of ``P⁻¹ N`` (power iteration) sets the step. It needs no inner products, so
+  it suits stochastic or distributed products, but with exact products CG is faster
+  (``scripts/bench_laplace.py convergence``), so CG is the default.
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ __all__ = ["Method", "SolverConfig", "fixed_rows", "largest_eigenvalue", "solve"
 # a linear map applied to a batch of rows (B, n) -> (B, n)
 RowMap = Callable[[torch.Tensor], torch.Tensor]
 
+RESTARTS = 5  # the most restarts of a CG row from its true residual (see _cg)
+
 
 class Method(str, enum.Enum):
     """How posterior samples are computed; both the strings and the members are accepted."""
 
-    SGD = "sgd"  # weight space: gradient descent, Nesterov momentum, iterate averaging
+    SGD = "sgd"  # measurement space, preconditioned: Nesterov momentum, iterate averaging
     CG = "cg"  # measurement space: preconditioned conjugate gradients (the default)
     EXACT = "exact"  # weight space: dense linear algebra (tiny problems only)
 
@@ -45,10 +49,11 @@ class SolverConfig:
         iterations: the most iterations per solve.
         tolerance: stop once every row's relative residual ``||N u - b|| / ||b||`` is below it.
         lr: SGD step size; ``None`` takes ``1 / λ_max(N)`` (estimated by power iteration).
-        preconditioner_rank: rank of the Nyström preconditioner of the measurement-space CG
+        preconditioner_rank: rank of the Nyström preconditioner of the measurement-space
             solves (:mod:`dip_uq.laplace.preconditioner`; built once per set of
             hyperparameters at the cost of twice that many Jacobian product pairs); 0 for plain
-            CG.
+            CG; ``None`` (default): 200 to 600 from the number of measurements
+            (:func:`~dip_uq.laplace.preconditioner.default_rank`).
         product_rows: rows every product of a posterior-sample solve is applied to at once
             (:func:`fixed_rows`): a batch of samples goes through the network this many at a
             time, the last ones padded with zeros, so that a sample's float32 arithmetic
@@ -65,7 +70,7 @@ class SolverConfig:
     iterations: int = 300
     tolerance: float = 1e-3
     lr: float | None = None
-    preconditioner_rank: int = 200
+    preconditioner_rank: int | None = None
     product_rows: int = 8
     momentum: float = 0.9
     average_from: float = 0.5
@@ -79,7 +84,7 @@ class SolverConfig:
             raise ValueError(f"unknown method {self.method!r}; known methods: {known}") from None
         if self.iterations < 1:
             raise ValueError(f"SolverConfig.iterations must be at least 1, got {self.iterations}")
-        if self.preconditioner_rank < 0:
+        if self.preconditioner_rank is not None and self.preconditioner_rank < 0:
             raise ValueError(
                 "SolverConfig.preconditioner_rank must be 0 (none) or more, got "
                 f"{self.preconditioner_rank}"
@@ -140,7 +145,8 @@ def solve(
 ) -> tuple[torch.Tensor, dict]:
     """Solve ``N u = b`` row by row for ``b`` of shape ``(B, P)``, starting at ``x0`` (or ``b``).
 
-    ``preconditioner`` applies an approximation of ``N⁻¹`` to rows (CG only).
+    ``preconditioner`` applies an approximation of ``N⁻¹`` to rows: CG's, and SGD's
+    gradient ``P⁻¹ (N u - b)``.
 
     Each row stops on its own once its relative residual is below the tolerance, and ``N`` is
     then applied to the remaining rows only: every step size and stopping decision is the
@@ -166,11 +172,11 @@ def solve(
     if config.method is Method.CG:
         it = _cg(normal, b, x, b_norm, config, trace, bar, preconditioner or torch.clone)
     else:
-        if preconditioner is not None:
-            raise ValueError(f"{config.method.value} takes no preconditioner; use method='cg'")
-        lam = lam_max if lam_max is not None else largest_eigenvalue(normal, b)
-        lr = config.lr if config.lr is not None else 1.0 / (1.1 * lam)  # power iteration is low
-        x, it = _sgd(normal, b, x, b_norm, config, lr, trace, bar)
+        pre = preconditioner or torch.clone
+        if lam_max is None and config.lr is None:
+            lam_max = largest_eigenvalue(lambda v: pre(normal(v)), b)
+        lr = config.lr if config.lr is not None else 1.0 / (1.1 * lam_max)  # power it. is low
+        x, it = _sgd(normal, b, x, b_norm, config, lr, trace, bar, pre)
     residual = _residual_norms(b - normal(x), b_norm)
     bar.close()
     return x, {"iterations": it, "residual": residual, "trace": trace}
@@ -187,33 +193,59 @@ def _cg(
     preconditioner: RowMap,
 ) -> int:
     """Preconditioned conjugate gradients on the rows of ``x`` (updated in place); returns
-    the iterations."""
+    the iterations.
+
+    In float32 the recursively updated residual drifts away from the true ``b - N x`` when
+    the system spans many orders of magnitude (the 3D demo's, ``λ_1 / μ = 7e8``: rows stopped
+    at a claimed 1e-3 with a true relative residual of 7.7e-3, its mode at 0.12). So a row
+    that reaches the tolerance is checked against its true residual, and one whose step
+    finds a non-positive curvature ``pᵀ N p`` restarts; either way CG restarts that row from
+    its true residual (at most :data:`RESTARTS` times; a row that breaks down right after a
+    restart stops where it is).
+    """
     tiny = torch.finfo(b.dtype).tiny
     r = b - normal(x)
     p = preconditioner(r)
     rz = (r * p).sum(1)
     active = torch.arange(b.shape[0], device=b.device)
     broken = torch.zeros(b.shape[0], dtype=torch.bool, device=b.device)
+    restarted = torch.zeros_like(broken)
+    restarts = torch.zeros(b.shape[0], dtype=torch.long, device=b.device)
+
+    def restart(rows: torch.Tensor) -> torch.Tensor:
+        """Restart ``rows`` from their true residuals; returns those still above tolerance."""
+        r[rows] = b[rows] - normal(x[rows])
+        p[rows] = preconditioner(r[rows])
+        rz[rows] = (r[rows] * p[rows]).sum(1)
+        restarts[rows] += 1
+        return rows[_residual_norms(r[rows], b_norm[rows]) >= config.tolerance]
+
     it = 0
     while it < config.iterations:
         res = _residual_norms(r[active], b_norm[active])
         trace.append(float(res.max()))
-        active = active[(res >= config.tolerance) & ~broken[active]]
+        claimed = active[(res < config.tolerance) & (restarts[active] < RESTARTS)]
+        unconverged = restart(claimed) if claimed.numel() else claimed
+        keep = (res >= config.tolerance) | torch.isin(active, unconverged)
+        active = active[keep & ~broken[active]]
         if active.numel() == 0:
             break
         pa, rz_a = p[active], rz[active]
         q = normal(pa)
         curvature = (pa * q).sum(1)
-        # round-off can make a direction look non-positive; that row stops where it is
-        # rather than take an infinite step (its residual is reported as it is)
-        broken[active] = ~(curvature > 0) | ~(rz_a > 0)
-        alpha = torch.where(broken[active], 0.0, rz_a / curvature.clamp_min(tiny))
+        bad = ~(curvature > 0) | ~(rz_a > 0)
+        alpha = torch.where(bad, 0.0, rz_a / curvature.clamp_min(tiny))
         x[active] += alpha[:, None] * pa
         ra = r[active] - alpha[:, None] * q
         za = preconditioner(ra)
         rz_new = (ra * za).sum(1)
         p[active] = za + (rz_new / rz_a.clamp_min(tiny))[:, None] * pa
         r[active], rz[active] = ra, rz_new
+        broken[active] = bad & (restarted[active] | (restarts[active] >= RESTARTS))
+        restarted[active] = bad
+        again = active[bad & ~broken[active]]
+        if again.numel():
+            restart(again)
         it += 1
         bar.update()
     return it
@@ -228,8 +260,10 @@ def _sgd(
     lr: float,
     trace: list[float],
     bar: tqdm,
+    preconditioner: RowMap,
 ) -> tuple[torch.Tensor, int]:
-    """Nesterov gradient descent with iterate averaging; returns the solution and iterations."""
+    """Preconditioned Nesterov gradient descent with iterate averaging; returns the solution
+    and the iterations. The stopping test uses the plain residual at the look-ahead point."""
     velocity = torch.zeros_like(x)
     averaged = torch.zeros_like(x)
     n_averaged = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
@@ -238,11 +272,11 @@ def _sgd(
     it = 0
     for it in range(1, config.iterations + 1):
         xa, va = x[active], velocity[active]
-        grad = normal(xa + config.momentum * va) - b[active]  # half the loss gradient
-        va = config.momentum * va - lr * grad
+        residual = normal(xa + config.momentum * va) - b[active]  # half the loss gradient
+        va = config.momentum * va - lr * preconditioner(residual)
         xa = xa + va
         x[active], velocity[active] = xa, va
-        res = _residual_norms(grad, b_norm[active])
+        res = _residual_norms(residual, b_norm[active])
         trace.append(float(res.max()))
         if it > start_avg:
             n_averaged[active] += 1
