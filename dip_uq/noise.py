@@ -169,12 +169,13 @@ def _parallel_moment_sigma(y: torch.Tensor, geometry: Geometry, degree: int = 10
     return math.sqrt(rss / dof) if dof > 0 else None
 
 
-def _second_difference_sigma(y: torch.Tensor, keep: torch.Tensor | None = None) -> float:
+def _second_difference_sigma(y: torch.Tensor, triples: torch.Tensor | None = None) -> float:
     """``median(|y[j+1] - 2 y[j] + y[j-1]|) / (0.6745 √6)`` along the detector columns, over
-    the triples whose three pixels are all in ``keep`` (all of them by default)."""
+    the triples ``j-1, j, j+1`` marked in ``triples`` (shape ``y[..., 1:-1]``; all by
+    default)."""
     d2 = y[..., 2:] - 2 * y[..., 1:-1] + y[..., :-2]
-    if keep is not None:
-        d2 = d2[keep[..., 2:] & keep[..., 1:-1] & keep[..., :-2]]
+    if triples is not None:
+        d2 = d2[triples]
     return _quantile(d2.abs(), 0.5) / (0.6745 * math.sqrt(6.0))
 
 
@@ -192,7 +193,7 @@ def _air_sigma(y: torch.Tensor, sigma: float) -> float | None:
         triples = keep[..., 2:] & keep[..., 1:-1] & keep[..., :-2]
         if int(triples.sum()) < max(AIR_FRACTION * triples.numel(), 100):
             return None
-        sigma = _second_difference_sigma(y, keep)
+        sigma = _second_difference_sigma(y, triples)
         if not sigma > 0:
             return None
     return sigma

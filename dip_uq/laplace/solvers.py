@@ -198,10 +198,11 @@ def _cg(
     In float32 the recursively updated residual drifts away from the true ``b - N x`` when
     the system spans many orders of magnitude (the 3D demo's, ``λ_1 / μ = 7e8``: rows stopped
     at a claimed 1e-3 with a true relative residual of 7.7e-3, its mode at 0.12). So a row
-    that reaches the tolerance is checked against its true residual, and one whose step
-    finds a non-positive curvature ``pᵀ N p`` restarts; either way CG restarts that row from
-    its true residual (at most :data:`RESTARTS` times; a row that breaks down right after a
-    restart stops where it is).
+    that reaches the tolerance on its recursive residual is checked against its true one, and
+    one whose step finds a non-positive curvature ``pᵀ N p`` restarts; either way CG restarts
+    that row from its true residual (at most :data:`RESTARTS` times). A row whose step from a
+    true residual (the start, a restart) breaks down stops where it is: a restart would
+    repeat that step.
     """
     tiny = torch.finfo(b.dtype).tiny
     r = b - normal(x)
@@ -209,25 +210,25 @@ def _cg(
     rz = (r * p).sum(1)
     active = torch.arange(b.shape[0], device=b.device)
     broken = torch.zeros(b.shape[0], dtype=torch.bool, device=b.device)
-    restarted = torch.zeros_like(broken)
+    fresh = torch.ones_like(broken)  # r is the true residual b - N x, not a recursive one
     restarts = torch.zeros(b.shape[0], dtype=torch.long, device=b.device)
 
-    def restart(rows: torch.Tensor) -> torch.Tensor:
-        """Restart ``rows`` from their true residuals; returns those still above tolerance."""
+    def restart(rows: torch.Tensor) -> None:
         r[rows] = b[rows] - normal(x[rows])
         p[rows] = preconditioner(r[rows])
         rz[rows] = (r[rows] * p[rows]).sum(1)
         restarts[rows] += 1
-        return rows[_residual_norms(r[rows], b_norm[rows]) >= config.tolerance]
+        fresh[rows] = True
 
     it = 0
     while it < config.iterations:
         res = _residual_norms(r[active], b_norm[active])
         trace.append(float(res.max()))
-        claimed = active[(res < config.tolerance) & (restarts[active] < RESTARTS)]
-        unconverged = restart(claimed) if claimed.numel() else claimed
-        keep = (res >= config.tolerance) | torch.isin(active, unconverged)
-        active = active[keep & ~broken[active]]
+        check = (res < config.tolerance) & ~fresh[active] & (restarts[active] < RESTARTS)
+        if bool(check.any()):
+            restart(active[check])
+            res = _residual_norms(r[active], b_norm[active])
+        active = active[(res >= config.tolerance) & ~broken[active]]
         if active.numel() == 0:
             break
         pa, rz_a = p[active], rz[active]
@@ -241,8 +242,8 @@ def _cg(
         rz_new = (ra * za).sum(1)
         p[active] = za + (rz_new / rz_a.clamp_min(tiny))[:, None] * pa
         r[active], rz[active] = ra, rz_new
-        broken[active] = bad & (restarted[active] | (restarts[active] >= RESTARTS))
-        restarted[active] = bad
+        broken[active] = bad & (fresh[active] | (restarts[active] >= RESTARTS))
+        fresh[active] = False
         again = active[bad & ~broken[active]]
         if again.numel():
             restart(again)
