@@ -10,9 +10,9 @@ Gaussian noise relative to ``mean |A x|``) and reconstructed by
 * ``fbp``: filtered back-projection (Hann filter; no std),
 * ``laplace``: the DIP with the linearised Laplace std at its initial hyperparameters
   (σ_y² from the DIP's noise estimate, σ_b² from the scale of the fitted weights),
-* ``laplace-em``: the same after sample-based EM of the suite's settings (the suites set
-  ``em_prior``: the prior's scale and the noise variance, unlike the command's default of the
-  noise alone),
+* ``laplace-em``: the same after sample-based EM of the suite's settings (``small`` and
+  ``full`` set ``em_prior``: the prior's scale and the noise variance; ``defaults`` runs the
+  command's default, the noise alone from the g-prior),
 * ``laplace-holdout`` (with held-out projections only): the same with the prior scale that
   maximises the held-out projections' likelihood (:func:`dip_uq.holdout.choose_prior_scale`),
 * ``mc-dropout`` and ``sgld``: the baselines of :mod:`dip_uq.baselines`.
@@ -27,7 +27,10 @@ that output from the data). Uncertainty metrics of FBP are NaN.
 Suites (:data:`SUITES`): ``small`` (2D
 32²/48², 3D 16³; 14 minutes on a 2-core CPU), ``full`` (2D 128², 3D 64³; for a GPU). Each covers
 sparse-view and limited-angle scans at 1 % and 5 % noise, Shepp-Logan and random-ellipse
-phantoms, parallel beam in 2D and cone beam in 3D.
+phantoms, parallel beam in 2D and cone beam in 3D. ``defaults`` is the calibration's
+acceptance suite: ``dip-uq reconstruct``'s default settings on seven cases none of them was
+tuned on (2D 32²–96² with 16, 32 and 64 channels, parallel and fan beam; 3D 16³ parallel and
+20³ cone beam; sparse-view and 120°/180° arcs; 1–5 % noise).
 
 :func:`run_suite` (on the command line ``dip-uq evaluate``) writes ``results.csv``,
 ``results.md`` and, per case, a calibration plot (expected vs observed coverage of central
@@ -94,6 +97,7 @@ class Case:
             ``1.5 · size`` columns wide, fan and cone with the source at ``4 · size`` and the
             detector at ``2 · size`` from the centre (magnification 1.5).
         seed: seeds the phantom (ellipses), the noise, the networks and the samples.
+        channels: U-Net channels per scale for this case; ``None``: the suite's setting.
     """
 
     name: str
@@ -105,6 +109,7 @@ class Case:
     phantom: str = "shepp-logan"
     geometry: str = "parallel"
     seed: int = 0
+    channels: int | None = None
 
     def __post_init__(self) -> None:
         if self.dim not in SCAN_GEOMETRIES:
@@ -197,6 +202,19 @@ _SMALL_CASES = (
     + _grid([(3, 16, "shepp-logan", 16, 16)], (0.05,))
 )
 
+# The acceptance suite of the calibration: the command's defaults (EM of the noise from the
+# g-prior), seeds no default was tuned on, and what the other suites leave out: fan beam,
+# parallel-beam 3D, other widths, arcs other than 90° and 180°, 2 % and 3 % noise
+_DEFAULTS_CASES = (
+    Case("2d32-sl-sparse20-3%-16ch", 2, 32, 20, 180, 0.03, "shepp-logan", seed=21, channels=16),
+    Case("2d48-ell-fan-sparse36-1%", 2, 48, 36, 360, 0.01, "ellipses", "fan", seed=22),
+    Case("2d64-ell-limited45-120deg-2%", 2, 64, 45, 120, 0.02, "ellipses", seed=23),
+    Case("2d64-sl-fan-sparse30-5%-64ch", 2, 64, 30, 360, 0.05, "shepp-logan", "fan", 24, 64),
+    Case("2d96-ell-sparse48-2%", 2, 96, 48, 180, 0.02, "ellipses", seed=25),
+    Case("3d16-ell-parallel-sparse16-3%", 3, 16, 16, 180, 0.03, "ellipses", seed=26),
+    Case("3d20-sl-cone-limited20-180deg-2%", 3, 20, 20, 180, 0.02, "shepp-logan", "cone", 27),
+)
+
 SUITES: dict[str, Suite] = {
     # 2-core CPU: 14 minutes measured (2 threads), 4 of them in the two 3D cases; at 24³ those
     # took 24 of 31 minutes (every case fits three DIPs at their default iterations)
@@ -209,6 +227,7 @@ SUITES: dict[str, Suite] = {
         Settings(samples=128, em_steps=10, em_samples=16, em_prior=True, cg_iterations=300),
         tll_patch=4,
     ),
+    "defaults": Suite("defaults", _DEFAULTS_CASES, Settings()),
 }
 
 
@@ -296,6 +315,8 @@ def evaluate_case(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
     settings = replace(settings, seed=case.seed, method="dip")
+    if case.channels is not None:
+        settings = replace(settings, channels=case.channels)
     scan = case.scan(device=device)
     data = holdout.split_scan(scan, scan.volume, settings.holdout, backend=backend, device=device)
     A, y = data.A, data.y

@@ -10,6 +10,7 @@ import torch
 
 from dip_uq.evaluate import SUITE_METHODS, SUITES, Case, Suite, markdown_table, run_suite
 from dip_uq.metrics import summary
+from dip_uq.pipeline import Settings
 from dip_uq.simulation import SCAN_ATTENUATION, simulate_scan
 
 # the small suite's 2D sparse-view cases at 5 % and 1 % noise, about 1 and 2 minutes on one core
@@ -149,6 +150,33 @@ def test_cases_are_validated_and_suites_are_fixed():
     assert {c.geometry for c in small if c.dim == 3} == {"cone"}
     assert {c.noise for c in small} == {0.01, 0.05}
     assert {c.arc for c in small} >= {90, 180}
+
+
+def test_defaults_suite_runs_the_command_defaults_and_each_case_its_width(monkeypatch):
+    import dip_uq.evaluate as evaluate
+
+    suite = SUITES["defaults"]
+    assert suite.settings == Settings()
+    cases = suite.cases
+    assert {c.geometry for c in cases} == {"parallel", "fan", "cone"}
+    assert {c.dim for c in cases} == {2, 3} and {c.channels for c in cases} == {16, None, 64}
+    assert {c.noise for c in cases} == {0.01, 0.02, 0.03, 0.05}
+    assert {c.arc for c in cases} == {120, 180, 360}
+    tuned = {c.seed for name in ("small", "full") for c in SUITES[name].cases}
+    assert not {c.seed for c in cases} & tuned
+
+    class Stop(Exception):
+        pass
+
+    def fit_dip(A, y, settings, **kwargs):
+        raise Stop(settings)
+
+    monkeypatch.setattr(evaluate.pipeline, "fit_dip", fit_dip)
+    for channels, expected in ((8, 8), (None, Settings().channels)):
+        case = Case("w", 2, 16, 8, 180, 0.05, seed=3, channels=channels)
+        with pytest.raises(Stop) as stopped:
+            evaluate.evaluate_case(case, Settings(), methods=["laplace"])
+        assert stopped.value.args[0].channels == expected and stopped.value.args[0].seed == 3
 
 
 def test_resume_keeps_the_finished_cases_and_runs_the_rest(tmp_path, monkeypatch):
