@@ -20,7 +20,7 @@ import torch
 
 from . import __version__
 from .evaluate import HOLDOUT_METHOD, SUITE_METHODS, SUITES, markdown_table, run_suite
-from .pipeline import METHODS, PRIOR_SCALES, UQ_METHODS, Settings
+from .pipeline import MEANS, METHODS, PRIOR_SCALES, UQ_METHODS, Settings
 from .simulation import PHANTOMS, SCAN_GEOMETRIES
 
 if TYPE_CHECKING:
@@ -517,6 +517,15 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser, demo: bool) -> None:
         action=argparse.BooleanOptionalAction,
         default=Settings.gprior,
         help="scale every weight's prior by how little the data sees it (the g-prior; default: on)",
+    )
+    p.add_argument(
+        "--mean",
+        choices=MEANS,
+        default=Settings.mean,
+        help="the reconstruction beside the Laplace std: the network's output, or the "
+        "linearised network's posterior mean (the output moved by the step that fits the "
+        "data the early-stopped DIP left: closer to the truth where the std is well scaled, "
+        "farther where it is too wide; see README) (default: %(default)s)",
     )
     p.add_argument(
         "--batch",

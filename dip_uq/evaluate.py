@@ -9,7 +9,9 @@ Gaussian noise relative to ``mean |A x|``) and reconstructed by
 
 * ``fbp``: filtered back-projection (Hann filter; no std),
 * ``laplace``: the DIP with the linearised Laplace std at its initial hyperparameters
-  (σ_y² from the DIP's noise estimate, σ_b² from the scale of the fitted weights),
+  (σ_y² from the DIP's noise estimate, σ_b² from the scale of the fitted weights), and the
+  mean the settings ask for (``Settings.mean``: the network's output, or the linear model's
+  posterior mean at those hyperparameters),
 * ``laplace-em``: the same after sample-based EM of the suite's settings (``small`` and
   ``full`` set ``em_prior``: the prior's scale and the noise variance; ``defaults`` runs the
   command's default, the noise alone from the g-prior),
@@ -262,8 +264,9 @@ def _laplace_outputs(
 
     def draw(since: float) -> _Output:
         samples = lap.sample(settings.samples)
+        image = lap.mean() if settings.mean == "linear" else mean
         seconds = time.perf_counter() - since + dip_s
-        return _Output(mean, lap.std(samples=samples), samples, seconds)
+        return _Output(image, lap.std(samples=samples), samples, seconds)
 
     outputs = {"laplace": draw(time.perf_counter())}
     if scale_by_holdout:

@@ -23,6 +23,8 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHECKPOINTS",
+    "MEANS",
     "METHODS",
     "PRIOR_SCALES",
     "UQ_METHODS",
@@ -67,6 +70,7 @@ __all__ = [
 METHODS = ("fbp", "dip")
 UQ_METHODS = ("laplace", "mcdropout", "sgld", "none")
 PRIOR_SCALES = ("weights", "holdout")
+MEANS = ("linear", "network")
 COVERAGE_LEVELS = (0.5, 0.9, 0.95)
 # names in work_dir that belong to an unfinished run
 CHECKPOINTS = ("dip-checkpoint.pt", "em-checkpoint.pt", "samples")
@@ -104,6 +108,8 @@ class Settings:
             see :mod:`dip_uq.laplace.em`).
         gprior: the g-prior (default; :mod:`dip_uq.laplace.gprior`,
             :class:`dip_uq.LinearisedLaplace`).
+        mean: beside the Laplace std, ``"network"`` (default): the DIP's ``f(θ*)``;
+            ``"linear"``: the linear model's posterior mean (:meth:`LinearisedLaplace.mean`).
         seed: seeds the network, the DIP input and the posterior samples.
         fbp_filter: filter of the reference FBP.
         holdout: 0 (default) or ``K >= 2``: every K-th projection is kept out of the fit,
@@ -131,6 +137,7 @@ class Settings:
     fit_noise: bool = True
     em_prior: bool = False
     gprior: bool = True
+    mean: str = "network"
     seed: int = 0
     fbp_filter: str = "hann"
     holdout: int = 0
@@ -150,10 +157,11 @@ class Settings:
             raise ValueError(f"em_steps must be 0 or more, got {self.em_steps}")
         if self.holdout != 0:
             holdout.check_every(self.holdout)
-        if self.prior_scale not in PRIOR_SCALES:
-            raise ValueError(
-                f"unknown prior_scale {self.prior_scale!r}; use one of {', '.join(PRIOR_SCALES)}"
-            )
+        for name, known in (("prior_scale", PRIOR_SCALES), ("mean", MEANS)):
+            if getattr(self, name) not in known:
+                raise ValueError(
+                    f"unknown {name} {getattr(self, name)!r}; use one of {', '.join(known)}"
+                )
         if self.prior_scale == "holdout" and not self.holdout:
             raise ValueError("prior_scale='holdout' needs held-out projections: set holdout=K")
         if self.prior_scale == "holdout" and self.em_steps and self.em_prior:
@@ -179,8 +187,8 @@ class Result:
     """What the pipeline produced; images are float32 NumPy arrays shaped like the volume.
 
     Attributes:
-        mean: the reconstruction (the DIP, or the FBP for ``method="fbp"``), ``(y, x)`` or
-            ``(z, y, x)``, attenuation per length unit.
+        mean: the reconstruction (the DIP, as ``settings.mean`` says, or the FBP for
+            ``method="fbp"``), ``(y, x)`` or ``(z, y, x)``, attenuation per length unit.
         std: per-voxel posterior standard deviation in the same units, or None.
         fbp: the FBP/FDK reference.
         truth: the ground truth when the scan has one, else None.
@@ -230,17 +238,12 @@ def scores(
     return out
 
 
-class _Stage:
+@contextmanager
+def _stage(timings: dict[str, float], name: str) -> Iterator[None]:
     """Times a stage into ``timings[name]`` (seconds)."""
-
-    def __init__(self, timings: dict[str, float], name: str) -> None:
-        self.timings, self.name = timings, name
-
-    def __enter__(self) -> None:
-        self.start = time.perf_counter()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.timings[self.name] = time.perf_counter() - self.start
+    start = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - start
 
 
 def build_network(shape: tuple[int, ...], settings: Settings) -> UNet:
@@ -341,8 +344,7 @@ def fit_em(
     from tqdm.auto import tqdm
 
     main = lap.group is None or lap.group.is_main
-    fingerprint = fingerprint or {}
-    done = 0
+    done, fingerprint = 0, fingerprint or {}
     state = None if checkpoint is None else load(checkpoint, EM_CHECKPOINT, fingerprint)
     if state is not None:
         lap.load_state_dict(state["laplace"])
@@ -395,11 +397,7 @@ def hyperparameters(
 
 def _fingerprint(settings: Settings, y: torch.Tensor) -> dict[str, Any]:
     """What must match for a checkpoint of the uncertainty stage to be reused."""
-    return {
-        "settings": asdict(settings),
-        "y_sum": float(y.double().sum()),
-        "y_shape": list(y.shape),
-    }
+    return {"settings": asdict(settings), "y_sum": float(y.double().sum()), "y_shape": [*y.shape]}
 
 
 def run(
@@ -455,11 +453,11 @@ def run(
             )
         work_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
-    with _Stage(timings, "fbp_s"):
+    with _stage(timings, "fbp_s"):
         fbp = A.fbp(y, filter=settings.fbp_filter)
     mean, std, hyper, curves, held_out = fbp, None, {}, {}, {}
     if settings.method == "dip" and settings.uq in ("mcdropout", "sgld"):
-        with _Stage(timings, "dip_and_uncertainty_s"):
+        with _stage(timings, "dip_and_uncertainty_s"):
             result = fit_baseline(A, y, settings, device=device, progress=progress)
         mean, std = result.mean, result.std
         curves["DIP loss"] = {"loss": np.asarray(result.history["loss"])}
@@ -470,14 +468,14 @@ def run(
             ).to_dict()
     elif settings.method == "dip":
         checkpoint = None if work_dir is None else work_dir / "dip-checkpoint.pt"
-        with _Stage(timings, "dip_s"):
+        with _stage(timings, "dip_s"):
             rec = fit_dip(
                 A, y, settings, device=device, checkpoint=checkpoint, progress=progress, group=group
             )
             mean = rec.predict()
         curves["DIP loss"] = {"loss": np.asarray(rec.history["loss"])}
         if settings.uq == "laplace":
-            with _Stage(timings, "uncertainty_s"):
+            with _stage(timings, "uncertainty_s"):
                 lap = linearise(rec, y, settings, group=group)
                 fit_em(
                     lap,
@@ -504,6 +502,8 @@ def run(
                     progress=progress,
                 )
                 std = moments.std.to(mean.dtype)
+                if settings.mean == "linear":
+                    mean = lap.mean()
                 if settings.holdout:
                     held_out = holdout.check(
                         A_held,

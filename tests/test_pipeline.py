@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -35,6 +36,7 @@ def fitted():
         ({"cg_iterations": 0}, "SolverConfig.iterations must be at least 1"),
         ({"preconditioner_rank": -1}, "preconditioner_rank must be 0"),
         ({"fit_noise": False}, "EM has nothing to fit"),
+        ({"mean": "median"}, "unknown mean 'median'; use one of linear, network"),
     ],
 )
 def test_bad_settings_are_refused(options, message):
@@ -155,3 +157,18 @@ def test_gprior_setting_reaches_the_posterior(fitted):
     assert pipeline.linearise(rec, y, Settings(**FAST, gprior=False)).prior.scale is None
     lap = pipeline.linearise(rec, y, settings)  # the default
     assert lap.prior.scale is not None and lap.prior.scale.shape == (lap.model.n_params,)
+
+
+def test_the_mean_setting_picks_the_network_or_the_linear_models_posterior_mean():
+    scan = simulate_scan(size=16, angles=12, noise=0.02)
+    network = pipeline.run(scan, Settings(**FAST, em_steps=1))
+    linear = pipeline.run(scan, Settings(**FAST, em_steps=1, mean="linear"))
+    np.testing.assert_array_equal(network.std, linear.std)  # the same posterior
+    A = RayTransform(scan.volume, scan.geometry, backend="auto")
+    y = torch.as_tensor(scan.sinogram)
+    rec = pipeline.fit_dip(A, y, Settings(**FAST), device=torch.device("cpu"))
+    np.testing.assert_array_equal(network.mean, rec.predict().numpy())
+    lap = pipeline.linearise(rec, y, Settings(**FAST, em_steps=1))
+    pipeline.fit_em(lap, Settings(**FAST, em_steps=1))
+    np.testing.assert_allclose(linear.mean, lap.mean().numpy(), rtol=0, atol=1e-6)
+    assert np.abs(linear.mean - network.mean).max() > 1e-3

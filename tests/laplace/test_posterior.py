@@ -63,6 +63,32 @@ def test_cg_samples_equal_exact_samples_and_reproduce_the_posterior_variance(tin
     )
 
 
+def test_mean_is_the_linear_models_exact_posterior_mean(tiny):
+    """The Gaussian conditional mean in image space, ``μ₀ + C Aᵀ (A C Aᵀ + σ_y² I)⁻¹
+    (y - A μ₀)`` with the prior mean ``μ₀ = f(θ*) - J θ*`` and covariance ``C = J Σ Jᵀ``,
+    formed densely in float64: another formula than the solver's weight-space mode."""
+    parts, noise_variance = tiny
+    lap = LinearisedLaplace(
+        **parts,
+        noise_variance=100 * noise_variance,
+        solver=SolverConfig(iterations=300, tolerance=1e-6),
+    )
+    n, P = math.prod(SHAPE), lap.model.n_params
+    with torch.no_grad():
+        JS = lap.images(torch.eye(P)).reshape(P, n).T.double()
+        A = lap.A(torch.eye(n).reshape(n, *SHAPE)).reshape(n, -1).T.double()
+        prior_mean = lap.model.image_star - lap.model.jvp(lap.model.theta_star[None])[0]
+    mu0, C, y = prior_mean.reshape(-1).double(), JS @ JS.T, lap.y.reshape(-1).double()
+    inner = A @ C @ A.T + lap.noise_variance * torch.eye(A.shape[0], dtype=torch.float64)
+    exact = mu0 + C @ A.T @ torch.linalg.solve(inner, y - A @ mu0)
+    mean = lap.mean()
+    assert mean.shape == SHAPE and mean.dtype == lap.model.image_star.dtype
+    assert float((mean.reshape(-1).double() - exact).norm() / exact.norm()) < 1e-4
+    # the step fits the data the network left: a smaller misfit than f(θ*)'s
+    misfit = [float((lap.A(image) - lap.y).norm()) for image in (mean, lap.model.image_star)]
+    assert misfit[0] < misfit[1]
+
+
 def test_cg_converges_towards_the_exact_samples_at_the_true_noise_level(tiny):
     """At the true noise level the system is ill-conditioned (κ ≈ 2e6 here); plain CG still
     approaches the exact samples steadily in float32, and the Nyström preconditioner gets
