@@ -387,7 +387,7 @@ def _add_device_arguments(p: argparse.ArgumentParser) -> None:
 # 28.7 dB; 3800, the default at 2 %: 0.66 σ², 32.2 dB), and the std, which describes the
 # fitted network, covered 71 % of its 90 % interval (2500: 81 %, 3800: 95 %).
 # 3D: the default iterations for the noise level (3800 at 2 %): 1500 left the DIP at 24.6 dB
-# and its std covered 70 % (3800: 32.3 dB, 93 %), the time it saves is not worth that.
+# and its std covered 70 % (3800: 31.9 dB, 93 %), the time it saves is not worth that.
 DEMO_DEFAULTS = {
     2: {"size": 64, "geometry": "parallel", "angles": 30, "iterations": 2500, "channels": 32},
     3: {"size": 24, "geometry": "cone", "angles": 24, "channels": 16},
