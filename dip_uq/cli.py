@@ -20,6 +20,7 @@ import torch
 
 from . import __version__
 from .evaluate import HOLDOUT_METHOD, SUITE_METHODS, SUITES, markdown_table, run_suite
+from .laplace.preconditioner import DEFAULT_RANKS
 from .pipeline import MEANS, METHODS, PRIOR_SCALES, UQ_METHODS, Settings
 from .simulation import PHANTOMS, SCAN_GEOMETRIES
 
@@ -493,7 +494,7 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser, demo: bool) -> None:
         type=int,
         default=Settings.preconditioner_rank,
         help="rank of the Nyström preconditioner of the CG solves; 0 for plain CG "
-        "(default: 200 to 600, growing with the number of measurements)",
+        "(default: {} to {}, growing with the number of measurements)".format(*DEFAULT_RANKS),
     )
     p.add_argument(
         "--em-per-block",

@@ -98,7 +98,7 @@ class Settings:
         cg_iterations: the most conjugate-gradient iterations per sampling solve (each
             stops at a relative residual of 1e-3; the 2D demo's DIP needs about 60).
         preconditioner_rank: rank of the Nyström preconditioner of those solves (0: none;
-            ``None``: :func:`dip_uq.laplace.preconditioner.default_rank`, 200 to 600).
+            ``None``: :func:`dip_uq.laplace.preconditioner.default_rank`).
         batch: samples solved together; ``None``: all at once. The samples do not depend
             on it (nor on the number of processes).
         em_per_block: let EM fit every block's prior variance on its own instead of one
@@ -165,10 +165,9 @@ class Settings:
         if self.prior_scale == "holdout" and not self.holdout:
             raise ValueError("prior_scale='holdout' needs held-out projections: set holdout=K")
         if self.prior_scale == "holdout" and self.em_steps and self.em_prior:
-            raise ValueError(
-                "prior_scale='holdout' chooses the scale EM would fit; use one of them "
-                "(em_prior=False with it)"
-            )
+            raise ValueError("prior_scale='holdout' chooses the scale EM would fit: no em_prior")
+        if self.mean == "linear" and (self.method, self.uq) != ("dip", "laplace"):
+            raise ValueError("mean='linear' is the Laplace posterior's mean: it needs uq='laplace'")
         if self.em_steps and not (self.fit_noise or self.em_prior):
             raise ValueError(
                 "EM has nothing to fit: set fit_noise or em_prior, or em_steps=0 for no EM"

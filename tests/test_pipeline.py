@@ -37,6 +37,8 @@ def fitted():
         ({"preconditioner_rank": -1}, "preconditioner_rank must be 0"),
         ({"fit_noise": False}, "EM has nothing to fit"),
         ({"mean": "median"}, "unknown mean 'median'; use one of linear, network"),
+        ({"mean": "linear", "uq": "sgld"}, "mean='linear' is the Laplace posterior's mean"),
+        ({"mean": "linear", "method": "fbp"}, "it needs uq='laplace'"),
     ],
 )
 def test_bad_settings_are_refused(options, message):

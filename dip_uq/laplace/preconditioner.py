@@ -27,13 +27,14 @@ from typing import ClassVar
 
 import torch
 
-__all__ = ["NystromPreconditioner", "default_rank"]
+__all__ = ["DEFAULT_RANKS", "NystromPreconditioner", "default_rank"]
 
 BASIS_BYTES = 2**30  # the most memory the default rank gives the float64 basis U
+DEFAULT_RANKS = (200, 600)  # the range of default_rank (below the memory bound)
 
 
 def default_rank(size: int) -> int:
-    """The default rank for ``size`` measurements: ``m / 32`` within ``[200, 600]``, and at
+    """The default rank for ``size`` measurements: ``m / 32`` within :data:`DEFAULT_RANKS`, and at
     most what keeps ``U`` (float64) within :data:`BASIS_BYTES`.
 
     Measured: the 2D demo's DIP (64², 2880 measurements) reaches a relative residual of
@@ -42,7 +43,8 @@ def default_rank(size: int) -> int:
     iterations with rank 200, while rank 600 (``λ_600 = 400 μ``) reaches 7.5e-4 in 94.
     The rank grows with the number of eigenvalues far above ``μ``, which grows with ``m``.
     """
-    return max(1, min(600, max(200, size // 32), BASIS_BYTES // (8 * size)))
+    low, high = DEFAULT_RANKS
+    return max(1, min(high, max(low, size // 32), BASIS_BYTES // (8 * size)))
 
 
 @dataclass

@@ -52,7 +52,7 @@ class SolverConfig:
         preconditioner_rank: rank of the Nyström preconditioner of the measurement-space
             solves (:mod:`dip_uq.laplace.preconditioner`; built once per set of
             hyperparameters at the cost of twice that many Jacobian product pairs); 0 for plain
-            CG; ``None`` (default): 200 to 600 from the number of measurements
+            CG; ``None`` (default): from the number of measurements
             (:func:`~dip_uq.laplace.preconditioner.default_rank`).
         product_rows: rows every product of a posterior-sample solve is applied to at once
             (:func:`fixed_rows`): a batch of samples goes through the network this many at a
