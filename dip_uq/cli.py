@@ -21,7 +21,7 @@ import torch
 from . import __version__
 from .evaluate import HOLDOUT_METHOD, SUITE_METHODS, SUITES, markdown_table, run_suite
 from .laplace.preconditioner import DEFAULT_RANKS
-from .pipeline import MEANS, METHODS, PRIOR_SCALES, UQ_METHODS, Settings
+from .settings import MEANS, METHODS, PRIOR_SCALES, UQ_METHODS, Settings
 from .simulation import PHANTOMS, SCAN_GEOMETRIES
 
 if TYPE_CHECKING:

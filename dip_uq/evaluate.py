@@ -55,9 +55,9 @@ import torch
 
 from . import holdout, metrics, pipeline
 from .noise import estimate_noise_sigma
-from .pipeline import Settings
 from .projector import RayTransform
 from .scan import Scan
+from .settings import Settings
 from .simulation import PHANTOMS, SCAN_GEOMETRIES, simulate_scan
 
 __all__ = [

@@ -21,8 +21,9 @@ from .checkpoint import atomic_write
 
 if TYPE_CHECKING:
     from .geometry import Volume
-    from .pipeline import Result, Settings
+    from .pipeline import Result
     from .scan import Scan
+    from .settings import Settings
 
 __all__ = ["OUTPUTS", "save_report", "write_h5", "write_json", "write_results", "write_tiff"]
 

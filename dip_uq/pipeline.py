@@ -35,13 +35,14 @@ import torch
 from . import baselines, holdout
 from .checkpoint import load, save
 from .dip import DIP
-from .laplace import LinearisedLaplace, SolverConfig, em
+from .laplace import LinearisedLaplace, em
 from .laplace.distributed import share_fit
 from .metrics import summary
 from .networks import UNet
 from .noise import estimate_noise_sigma
 from .projector import RayTransform
 from .scan import Scan, default_volume
+from .settings import MEANS, METHODS, PRIOR_SCALES, UQ_METHODS, Settings
 
 if TYPE_CHECKING:
     from .geometry import Volume
@@ -67,118 +68,11 @@ __all__ = [
     "scores",
 ]
 
-METHODS = ("fbp", "dip")
-UQ_METHODS = ("laplace", "mcdropout", "sgld", "none")
-PRIOR_SCALES = ("weights", "holdout")
-MEANS = ("linear", "network")
 COVERAGE_LEVELS = (0.5, 0.9, 0.95)
 # names in work_dir that belong to an unfinished run
 CHECKPOINTS = ("dip-checkpoint.pt", "em-checkpoint.pt", "samples")
 EM_CHECKPOINT = "dip_uq.pipeline EM checkpoint 1"
 logger = logging.getLogger("dip_uq")
-
-
-@dataclass
-class Settings:
-    """What the pipeline does; the defaults are those of ``dip-uq reconstruct``.
-
-    Attributes:
-        method: ``"fbp"`` (FBP/FDK only) or ``"dip"``.
-        uq: for ``method="dip"``: ``"laplace"`` (linearised Laplace with EM), ``"mcdropout"``,
-            ``"sgld"`` (:mod:`dip_uq.baselines`) or ``"none"``.
-        iterations: DIP iterations; ``None``: the DIP's default from the noise level.
-        channels: U-Net feature channels per scale; ``None``: the default for the dimension
-            (32; :class:`dip_uq.UNet`). Smaller is much faster on a CPU.
-        scales: U-Net resolutions; ``None``: the default for the grid.
-        samples: posterior samples for the std map.
-        em_steps: steps of sample-based EM (0: none), which fits the noise variance
-            (``fit_noise``) and, with ``em_prior``, the prior's scale. Two steps of the noise
-            alone took the DIP's estimate (0.78–1.55 σ_y² on five scans) to 0.82–1.01 σ_y².
-        em_samples: posterior samples per EM step; ``None``: ``samples``.
-        cg_iterations: the most conjugate-gradient iterations per sampling solve (each
-            stops at a relative residual of 1e-3; the 2D demo's DIP needs about 60).
-        preconditioner_rank: rank of the Nyström preconditioner of those solves (0: none;
-            ``None``: :func:`dip_uq.laplace.preconditioner.default_rank`).
-        batch: samples solved together; ``None``: all at once. The samples do not depend
-            on it (nor on the number of processes).
-        em_per_block: let EM fit every block's prior variance on its own instead of one
-            scale for all (see :meth:`dip_uq.LinearisedLaplace.fit_hyperparameters`).
-        fit_noise: let EM fit the noise variance (default) from the DIP's estimate.
-        em_prior: let EM fit the prior's scale too (off: it made the std overconfident,
-            see :mod:`dip_uq.laplace.em`).
-        gprior: the g-prior (default; :mod:`dip_uq.laplace.gprior`,
-            :class:`dip_uq.LinearisedLaplace`).
-        mean: beside the Laplace std, ``"network"`` (default): the DIP's ``f(θ*)``;
-            ``"linear"``: the linear model's posterior mean (:meth:`LinearisedLaplace.mean`).
-        seed: seeds the network, the DIP input and the posterior samples.
-        fbp_filter: filter of the reference FBP.
-        holdout: 0 (default) or ``K >= 2``: every K-th projection is kept out of the fit,
-            the EM and the posterior, and scored afterwards under the posterior predictive
-            (:mod:`dip_uq.holdout`): a calibration check without a ground truth.
-        prior_scale: ``"weights"`` (default): the prior's scale is that of the fitted
-            weights (and EM's, with ``em_steps``); ``"holdout"``: the global scale that
-            maximises the held-out projections' predictive likelihood, searched over
-            :data:`dip_uq.holdout.PRIOR_SCALE_FACTORS` times the weights' scale (needs
-            ``holdout``; replaces EM of the prior), no longer an independent check then.
-    """
-
-    method: str = "dip"
-    uq: str = "laplace"
-    iterations: int | None = None
-    channels: int | None = None
-    scales: int | None = None
-    samples: int = 16
-    em_steps: int = 2
-    em_samples: int | None = 8
-    cg_iterations: int = SolverConfig.iterations
-    preconditioner_rank: int | None = SolverConfig.preconditioner_rank
-    batch: int | None = None
-    em_per_block: bool = False
-    fit_noise: bool = True
-    em_prior: bool = False
-    gprior: bool = True
-    mean: str = "network"
-    seed: int = 0
-    fbp_filter: str = "hann"
-    holdout: int = 0
-    prior_scale: str = "weights"
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
-        if self.uq not in UQ_METHODS:
-            raise ValueError(f"unknown uq {self.uq!r}; use one of {', '.join(UQ_METHODS)}")
-        # a std needs two samples, and so does an EM step's estimate of the spread
-        for name in ("samples", "em_samples"):
-            value = getattr(self, name)
-            if value is not None and value < 2:
-                raise ValueError(f"{name} must be at least 2, got {value}")
-        if self.em_steps < 0:
-            raise ValueError(f"em_steps must be 0 or more, got {self.em_steps}")
-        if self.holdout != 0:
-            holdout.check_every(self.holdout)
-        for name, known in (("prior_scale", PRIOR_SCALES), ("mean", MEANS)):
-            if getattr(self, name) not in known:
-                raise ValueError(
-                    f"unknown {name} {getattr(self, name)!r}; use one of {', '.join(known)}"
-                )
-        if self.prior_scale == "holdout" and not self.holdout:
-            raise ValueError("prior_scale='holdout' needs held-out projections: set holdout=K")
-        if self.prior_scale == "holdout" and self.em_steps and self.em_prior:
-            raise ValueError("prior_scale='holdout' chooses the scale EM would fit: no em_prior")
-        if self.mean == "linear" and (self.method, self.uq) != ("dip", "laplace"):
-            raise ValueError("mean='linear' is the Laplace posterior's mean: it needs uq='laplace'")
-        if self.em_steps and not (self.fit_noise or self.em_prior):
-            raise ValueError(
-                "EM has nothing to fit: set fit_noise or em_prior, or em_steps=0 for no EM"
-            )
-        self.solver_config()  # the solver settings are checked where they are defined
-
-    def solver_config(self) -> SolverConfig:
-        """The :class:`~dip_uq.laplace.SolverConfig` of the sampling solves."""
-        return SolverConfig(
-            iterations=self.cg_iterations, preconditioner_rank=self.preconditioner_rank
-        )
 
 
 @dataclass
