@@ -21,7 +21,7 @@ import torch
 from . import __version__
 from .evaluate import HOLDOUT_METHOD, SUITE_METHODS, SUITES, markdown_table, run_suite
 from .laplace.preconditioner import DEFAULT_RANKS
-from .settings import MEANS, METHODS, PRIOR_SCALES, UQ_METHODS, Settings
+from .settings import CROSS_VALIDATION_EVERY, MEANS, METHODS, PRIOR_SCALES, UQ_METHODS, Settings
 from .simulation import PHANTOMS, SCAN_GEOMETRIES
 
 if TYPE_CHECKING:
@@ -547,10 +547,13 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser, demo: bool) -> None:
     p.add_argument(
         "--prior-scale",
         choices=PRIOR_SCALES,
-        default="weights",
-        help="the prior's scale: that of the fitted weights (and EM's, with --em-steps), or "
-        "the one that maximises the held-out projections' likelihood (needs --holdout; "
-        "the check is then no longer independent) (default: %(default)s)",
+        default=Settings.prior_scale,
+        help="the prior's scale: 'weights', that of the fitted weights (and EM's, with "
+        "--em-prior); 'holdout', the one that maximises the likelihood of the --holdout "
+        "projections (the check is then no longer independent); 'cross-validated', the "
+        f"factor on the weights' scale that a first DIP fit without every "
+        f"{CROSS_VALIDATION_EVERY}th projection finds best for them, applied to the fit to "
+        "all of them (about twice the time) (default: %(default)s)",
     )
     p.add_argument(
         "--seed",

@@ -278,6 +278,11 @@ def _laplace_outputs(
         lap.prior.variances = start  # EM starts where it would without the search
     started = time.perf_counter()
     pipeline.fit_em(lap, settings, progress=progress)
+    if settings.prior_scale == "cross-validated":  # as the pipeline: a factor from a first fit
+        factor = pipeline.cross_validate_prior_scale(
+            data.A, data.y, settings, device=device, progress=progress
+        )["chosen_factor"]
+        lap.prior.variances = {b: factor * v for b, v in lap.prior.variances.items()}
     outputs["laplace-em"] = draw(started)
     return outputs, lap.history
 

@@ -21,6 +21,7 @@ wedge, the largest error of such a scan, is invisible to it.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -48,9 +49,11 @@ __all__ = [
     "holdout_indices",
     "predictive",
     "score",
+    "split",
     "split_scan",
 ]
 
+logger = logging.getLogger("dip_uq")
 LEVELS = (0.5, 0.9)  # central intervals reported
 # the candidates of choose_prior_scale, times the starting variances: 1e-2 ... 1e1 (EM moved
 # the scale by factors within this range on the evaluation suite)
@@ -109,18 +112,19 @@ def split_scan(
 ) -> Data:
     """The ray transforms and sinograms of the fit and of the check: with ``every`` (``K``)
     every K-th projection is held out (:func:`holdout_indices`); with 0 none is."""
-    geometry = scan.geometry
     y = torch.as_tensor(scan.sinogram, device=device)
+    return split(RayTransform(volume, scan.geometry, backend=backend), y, every)
+
+
+def split(A: RayTransform, y: torch.Tensor, every: int) -> Data:
+    """:func:`split_scan` of measurements ``y`` (``A.range_shape``) already projected by ``A``."""
     if not every:
-        return Data(RayTransform(volume, geometry, backend=backend), y)
-    kept, held = holdout_indices(geometry.n_angles, every)
-    kept_t, held_t = torch.as_tensor(kept, device=device), torch.as_tensor(held, device=device)
-    return Data(
-        RayTransform(volume, geometry[kept], backend=backend),
-        y[kept_t],
-        RayTransform(volume, geometry[held], backend=backend),
-        y[held_t],
-    )
+        return Data(A, y)
+    parts = []
+    for indices in holdout_indices(A.geometry.n_angles, every):
+        part = RayTransform(A.volume, A.geometry[indices], backend=A.backend)
+        parts += [part, y[torch.as_tensor(indices, device=y.device)]]
+    return Data(*parts)
 
 
 @dataclass
@@ -258,7 +262,8 @@ def choose_prior_scale(
     factors: tuple[float, ...] = PRIOR_SCALE_FACTORS,
 ) -> dict[str, Any]:
     """Set ``lap``'s prior variances to the common factor of ``factors`` that maximises the
-    held-out projections' predictive log-likelihood; returns the search for ``run.json``.
+    held-out projections' predictive log-likelihood; returns the search for ``run.json``
+    (``factors``, ``tll_per_pixel``, ``chosen_factor``, ``samples_per_candidate``).
 
     A 1-D search by cross-validation over angles: every candidate scales all block
     variances of the current prior by one factor and draws ``n_samples`` posterior samples
@@ -276,11 +281,17 @@ def choose_prior_scale(
         tlls.append(scores.tll)
     best = int(np.argmax(tlls))
     lap.prior.variances = {b: factors[best] * v for b, v in start.items()}
+    if best in (0, len(factors) - 1):
+        logger.warning(
+            "the held-out projections liked the %s prior scale searched best (%g times the "
+            "start): the best may lie beyond it, and the std be %s than it should",
+            "smallest" if best == 0 else "largest",
+            factors[best],
+            "wider" if best == 0 else "narrower",
+        )
     return {
-        "prior_scale_search": {
-            "factors": list(factors),
-            "tll_per_pixel": tlls,
-            "chosen_factor": factors[best],
-            "samples_per_candidate": n_samples,
-        }
+        "factors": list(factors),
+        "tll_per_pixel": tlls,
+        "chosen_factor": factors[best],
+        "samples_per_candidate": n_samples,
     }

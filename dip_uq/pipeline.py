@@ -19,6 +19,7 @@ from the last checkpoint and reaches the same result as an uninterrupted run.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
@@ -42,7 +43,7 @@ from .networks import UNet
 from .noise import estimate_noise_sigma
 from .projector import RayTransform
 from .scan import Scan, default_volume
-from .settings import MEANS, METHODS, PRIOR_SCALES, UQ_METHODS, Settings
+from .settings import CROSS_VALIDATION_EVERY, MEANS, METHODS, PRIOR_SCALES, UQ_METHODS, Settings
 
 if TYPE_CHECKING:
     from .geometry import Volume
@@ -57,6 +58,7 @@ __all__ = [
     "Result",
     "Settings",
     "build_network",
+    "cross_validate_prior_scale",
     "find_checkpoints",
     "fit_baseline",
     "fit_dip",
@@ -70,7 +72,8 @@ __all__ = [
 
 COVERAGE_LEVELS = (0.5, 0.9, 0.95)
 # names in work_dir that belong to an unfinished run
-CHECKPOINTS = ("dip-checkpoint.pt", "em-checkpoint.pt", "samples")
+CROSS_VALIDATION = "cross-validation"  # the folder of the cross-validated prior scale's fit
+CHECKPOINTS = ("dip-checkpoint.pt", "em-checkpoint.pt", "samples", CROSS_VALIDATION)
 EM_CHECKPOINT = "dip_uq.pipeline EM checkpoint 1"
 logger = logging.getLogger("dip_uq")
 
@@ -288,6 +291,61 @@ def hyperparameters(
     return hyper, curves
 
 
+def cross_validate_prior_scale(
+    A: RayTransform,
+    y: torch.Tensor,
+    settings: Settings,
+    *,
+    device: torch.device,
+    work_dir: Path | None = None,
+    progress: bool = False,
+    group: DistContext | None = None,
+) -> dict[str, Any]:
+    """The factor on the prior's scale that the projections a fit did not see like best.
+
+    A DIP fitted to all but every :data:`~dip_uq.settings.CROSS_VALIDATION_EVERY`-th
+    projection of ``y`` is linearised and its EM run as ``settings`` say; then
+    :func:`dip_uq.holdout.choose_prior_scale` scores the held-out projections for every
+    factor on the weights' scale. Returns that search (``chosen_factor``, the held-out
+    log-likelihood per factor). With ``work_dir`` the fit checkpoints into
+    ``work_dir / CROSS_VALIDATION`` and a resumed run reads the search from there.
+    """
+    folder = None if work_dir is None else work_dir / CROSS_VALIDATION
+    done = None if folder is None else folder / "search.json"
+    if done is not None and done.exists():
+        return json.loads(done.read_text())
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    data = holdout.split(A, y, CROSS_VALIDATION_EVERY)
+    rec = fit_dip(
+        data.A,
+        data.y,
+        settings,
+        device=device,
+        checkpoint=None if folder is None else folder / "dip-checkpoint.pt",
+        progress=progress,
+        group=group,
+    )
+    lap = linearise(rec, data.y, settings, group=group)
+    fit_em(
+        lap,
+        settings,
+        checkpoint=None if folder is None else folder / "em-checkpoint.pt",
+        fingerprint=_fingerprint(settings, data.y),
+        progress=progress,
+    )
+    n_samples = settings.em_samples or settings.samples
+    mean = rec.predict()
+    search = holdout.choose_prior_scale(
+        lap, data.A_held, data.y_held, mean, n_samples=n_samples, batch=settings.batch
+    )
+    search.update(every=CROSS_VALIDATION_EVERY, projections=int(data.y_held.shape[0]))
+    logger.info("cross-validated prior scale: %g times the weights'", search["chosen_factor"])
+    if done is not None and (group is None or group.is_main):
+        done.write_text(json.dumps(search))
+    return search
+
+
 def _fingerprint(settings: Settings, y: torch.Tensor) -> dict[str, Any]:
     """What must match for a checkpoint of the uncertainty stage to be reused."""
     return {"settings": asdict(settings), "y_sum": float(y.double().sum()), "y_shape": [*y.shape]}
@@ -360,6 +418,12 @@ def run(
                 A_held, y_held, mean, result.samples - mean, sigma**2, every=settings.holdout
             ).to_dict()
     elif settings.method == "dip":
+        search = {}
+        if settings.uq == "laplace" and settings.prior_scale == "cross-validated":
+            with _stage(timings, "cross_validation_s"):
+                search = cross_validate_prior_scale(
+                    A, y, settings, device=device, work_dir=work_dir, progress=progress, group=group
+                )
         checkpoint = None if work_dir is None else work_dir / "dip-checkpoint.pt"
         with _stage(timings, "dip_s"):
             rec = fit_dip(
@@ -377,7 +441,9 @@ def run(
                     fingerprint=_fingerprint(settings, y),
                     progress=progress,
                 )
-                search = {}
+                if search:  # cross-validated: the factor found on the first fit
+                    factor = search["chosen_factor"]
+                    lap.prior.variances = {b: factor * v for b, v in lap.prior.variances.items()}
                 if settings.prior_scale == "holdout":
                     search = holdout.choose_prior_scale(
                         lap,
@@ -407,8 +473,9 @@ def run(
                         every=settings.holdout,
                         group=group,
                     ).to_dict()
-                    held_out.update(search)
             hyper, em_curves = hyperparameters(lap, settings)
+            if search:
+                hyper["prior_scale_search"] = search
             curves.update(em_curves)
     result = Result(
         mean=_numpy(mean),

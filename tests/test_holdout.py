@@ -123,9 +123,7 @@ def test_the_prior_scale_is_chosen_by_the_held_out_likelihood(tiny):
     lap, A_held, y_held = tiny
     start = dict(lap.prior.variances)
     mean = lap.model.image_star
-    search = holdout.choose_prior_scale(lap, A_held, y_held, mean, n_samples=8)[
-        "prior_scale_search"
-    ]
+    search = holdout.choose_prior_scale(lap, A_held, y_held, mean, n_samples=8)
     tlls = search["tll_per_pixel"]
     assert len(tlls) == len(holdout.PRIOR_SCALE_FACTORS)
     assert search["chosen_factor"] == holdout.PRIOR_SCALE_FACTORS[int(np.argmax(tlls))]

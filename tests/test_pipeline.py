@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
-from dip_uq import RayTransform, pipeline
+from dip_uq import RayTransform, holdout, pipeline
 from dip_uq.laplace import LinearisedLaplace, SolverConfig
 from dip_uq.pipeline import Settings
+from dip_uq.settings import CROSS_VALIDATION_EVERY
 from dip_uq.simulation import simulate_scan
 
 FAST = {"channels": 8, "iterations": 60, "samples": 4, "cg_iterations": 10}
@@ -174,3 +177,50 @@ def test_the_mean_setting_picks_the_network_or_the_linear_models_posterior_mean(
     pipeline.fit_em(lap, Settings(**FAST, em_steps=1))
     np.testing.assert_allclose(linear.mean, lap.mean().numpy(), rtol=0, atol=1e-6)
     assert np.abs(linear.mean - network.mean).max() > 1e-3
+
+
+def test_the_cross_validated_scale_is_the_first_fits_choice_applied_to_the_fit_to_all(
+    tmp_path, monkeypatch
+):
+    scan = simulate_scan(size=16, angles=15, noise=0.02)
+    settings = Settings(**FAST, em_steps=1, em_samples=2, prior_scale="cross-validated")
+    weights = pipeline.run(scan, replace(settings, prior_scale="weights"))
+    validated = pipeline.run(scan, settings)
+    np.testing.assert_array_equal(validated.mean, weights.mean)  # the same DIP fit
+    search = validated.hyperparameters["prior_scale_search"]
+    A = RayTransform(scan.volume, scan.geometry, backend="auto")
+    y = torch.as_tensor(scan.sinogram)
+    work = tmp_path / "run"  # the search alone, kept as a resumed run finds it
+    found = pipeline.cross_validate_prior_scale(
+        A, y, settings, device=torch.device("cpu"), work_dir=work
+    )
+    assert found == search
+    assert (search["every"], search["projections"]) == (CROSS_VALIDATION_EVERY, 3)
+    assert search["chosen_factor"] == search["factors"][int(np.argmax(search["tll_per_pixel"]))]
+    for block, variance in validated.hyperparameters["prior_variances"].items():
+        start = weights.hyperparameters["prior_variances"][block]
+        assert variance == pytest.approx(search["chosen_factor"] * start, rel=1e-6)
+
+    # a run resumed after the search reads it instead of fitting the first DIP again
+    with pytest.raises(ValueError, match=r"unfinished run \(cross-validation\)"):
+        pipeline.run(scan, settings, work_dir=work)
+    fits = []
+    fit_dip = pipeline.fit_dip
+    monkeypatch.setattr(pipeline, "fit_dip", lambda *a, **k: fits.append(1) or fit_dip(*a, **k))
+    resumed = pipeline.run(scan, settings, work_dir=work, resume=True)
+    assert len(fits) == 1
+    np.testing.assert_array_equal(resumed.std, validated.std)
+    assert not (work / pipeline.CROSS_VALIDATION).exists()  # finished: checkpoints removed
+
+
+def test_the_cross_validation_never_sees_the_projections_of_the_holdout_check():
+    scan = simulate_scan(size=16, angles=15, noise=0.02)
+    settings = Settings(**FAST, em_steps=1, em_samples=2, prior_scale="cross-validated", holdout=3)
+    first = pipeline.run(scan, settings)
+    _, held = holdout.holdout_indices(15, 3)
+    changed = scan.sinogram.copy()
+    changed[held] += 10.0
+    second = pipeline.run(scan.replace(sinogram=changed), settings)
+    np.testing.assert_array_equal(first.std, second.std)
+    assert first.hyperparameters == second.hyperparameters
+    assert second.holdout["tll_per_pixel"] < first.holdout["tll_per_pixel"] - 100
