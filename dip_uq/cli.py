@@ -161,6 +161,12 @@ def _print_summary(written: list[Path], result: Result, device: str) -> None:
         parts.append(f"90% interval covers {100 * s['coverage_90']:.1f}% of voxels")
     parts.append(f"{result.timings['total_s']:.1f} s on {device}")
     print(", ".join(parts))
+    search = result.hyperparameters.get("prior_scale_search")
+    if search and "every" in search:  # cross-validated
+        print(
+            f"prior scale: {search['chosen_factor']:.2g} times the fitted weights', chosen by "
+            f"{search['projections']} projections (one in {search['every']}) a first fit left out"
+        )
     if result.holdout:
         h = result.holdout
         print(

@@ -3,9 +3,8 @@
 A suite is a fixed, seeded list of :class:`Case` (phantom, geometry, angles, noise) and one
 :class:`dip_uq.pipeline.Settings` (iterations, samples, network width), run through the
 stages of :mod:`dip_uq.pipeline`, the ones ``dip-uq reconstruct`` runs. Every case is
-simulated by
-:func:`dip_uq.simulation.simulate_scan` (the phantom times ``SCAN_ATTENUATION`` in 1/mm,
-Gaussian noise relative to ``mean |A x|``) and reconstructed by
+simulated by :func:`dip_uq.simulation.simulate_scan` (the phantom times ``SCAN_ATTENUATION``
+in 1/mm, Gaussian noise relative to ``mean |A x|``) and reconstructed by
 
 * ``fbp``: filtered back-projection (Hann filter; no std),
 * ``laplace``: the DIP with the linearised Laplace std at its initial hyperparameters
@@ -14,7 +13,8 @@ Gaussian noise relative to ``mean |A x|``) and reconstructed by
   posterior mean at those hyperparameters),
 * ``laplace-em``: the same after sample-based EM of the suite's settings (``small`` and
   ``full`` set ``em_prior``: the prior's scale and the noise variance; ``defaults`` runs the
-  command's default, the noise alone from the g-prior),
+  command's default: the noise alone from the g-prior, then the cross-validated factor on
+  the prior's scale, :func:`dip_uq.pipeline.cross_validate_prior_scale`),
 * ``laplace-holdout`` (with held-out projections only): the same with the prior scale that
   maximises the held-out projections' likelihood (:func:`dip_uq.holdout.choose_prior_scale`),
 * ``mc-dropout`` and ``sgld``: the baselines of :mod:`dip_uq.baselines`.
@@ -195,9 +195,8 @@ def _grid(
 # DIPs run their default iterations for the noise level (2000 at 5 %, 5200 at 1 %), as a
 # user runs them: fewer leave the DIP short of the data (400 on a 32² case: 18.8 dB instead of
 # 24.5 dB, and the std, which describes a fitted network, covered 72 % of its 90 % interval)
-_SMALL = Settings(
-    channels=16, samples=16, em_steps=3, em_samples=8, em_prior=True, cg_iterations=150
-)
+_EM_PRIOR = {"em_prior": True, "prior_scale": "weights"}  # EM of the prior from the weights'
+_SMALL = Settings(channels=16, samples=16, em_steps=3, em_samples=8, cg_iterations=150, **_EM_PRIOR)
 _SMALL_CASES = (
     _grid([(2, 32, "shepp-logan", 30, 30)], (0.01, 0.05))
     + _grid([(2, 48, "ellipses", 40, 40)], (0.05,))
@@ -226,7 +225,7 @@ SUITES: dict[str, Suite] = {
         "full",
         _grid([(2, 128, "shepp-logan", 60, 60), (2, 128, "ellipses", 60, 60)], (0.01, 0.05))
         + _grid([(3, 64, "shepp-logan", 64, 64)], (0.01, 0.05)),
-        Settings(samples=128, em_steps=10, em_samples=16, em_prior=True, cg_iterations=300),
+        Settings(samples=128, em_steps=10, em_samples=16, cg_iterations=300, **_EM_PRIOR),
         tll_patch=4,
     ),
     "defaults": Suite("defaults", _DEFAULTS_CASES, Settings()),

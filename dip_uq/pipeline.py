@@ -317,6 +317,11 @@ def cross_validate_prior_scale(
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
     data = holdout.split(A, y, CROSS_VALIDATION_EVERY)
+    logger.info(
+        "cross-validating the prior's scale: a first DIP without %d of the %d projections",
+        data.y_held.shape[0],
+        y.shape[0],
+    )
     rec = fit_dip(
         data.A,
         data.y,

@@ -55,15 +55,14 @@ class Settings:
         holdout: 0 (default) or ``K >= 2``: every K-th projection is kept out of the fit,
             the EM and the posterior, and scored afterwards under the posterior predictive
             (:mod:`dip_uq.holdout`): a calibration check without a ground truth.
-        prior_scale: ``"weights"`` (default): the prior's scale is that of the fitted
-            weights (and EM's, with ``em_steps``); ``"holdout"``: the global scale that
-            maximises the held-out projections' predictive likelihood, searched over
-            :data:`dip_uq.holdout.PRIOR_SCALE_FACTORS` times the weights' scale (needs
-            ``holdout``; replaces EM of the prior), no longer an independent check then;
-            ``"cross-validated"``: that search on a first DIP fit that leaves every
-            :data:`CROSS_VALIDATION_EVERY`-th fitted projection out, its factor then applied to
-            the weights' scale of the DIP fitted to all of them (about twice the DIP's time;
-            the ``holdout`` check, if asked for, stays independent of it).
+        prior_scale: ``"cross-validated"`` (default): a first DIP fit leaves every
+            :data:`CROSS_VALIDATION_EVERY`-th projection out, and the factor on its weights'
+            scale that those projections' predictive likelihood likes best (searched over
+            :data:`dip_uq.holdout.PRIOR_SCALE_FACTORS`) is applied to the weights' scale of
+            the DIP fitted to all of them (about twice the time; the ``holdout`` check, if
+            asked for, stays independent of it). ``"weights"``: the scale of the fitted
+            weights (and EM's, with ``em_prior``); ``"holdout"``: the search on this run's
+            own held-out projections (needs ``holdout``; no longer an independent check).
     """
 
     method: str = "dip"
@@ -85,7 +84,7 @@ class Settings:
     seed: int = 0
     fbp_filter: str = "hann"
     holdout: int = 0
-    prior_scale: str = "weights"
+    prior_scale: str = "cross-validated"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

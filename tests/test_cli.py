@@ -118,10 +118,10 @@ def test_interrupted_runs_resume_to_the_uninterrupted_result(tmp_path, monkeypat
     assert main([*common, "--out", str(tmp_path / "ref")]) == 0
 
     out = ["--out", str(tmp_path / "run")]
-    with monkeypatch.context() as m:  # Ctrl-C during the DIP, after its first checkpoint
+    with monkeypatch.context() as m:  # Ctrl-C during the first DIP (of the cross-validation)
         _Interrupt(m, DIP, "_save", after=1)
         assert main([*common, *out]) == 130
-    assert (tmp_path / "run" / "dip-checkpoint.pt").exists()
+    assert (tmp_path / "run" / "cross-validation" / "dip-checkpoint.pt").exists()
     assert main([*common, *out]) == 2  # checkpoints: neither silently resumed nor replaced
     assert "--resume" in capsys.readouterr().err
     with monkeypatch.context() as m:  # resumed, then Ctrl-C after the first batch of samples
@@ -135,6 +135,7 @@ def test_interrupted_runs_resume_to_the_uninterrupted_result(tmp_path, monkeypat
             for name in ("mean", "std"):
                 np.testing.assert_allclose(run[name][()], ref[name][()], rtol=1e-6, atol=0)
     assert not (tmp_path / "run" / "dip-checkpoint.pt").exists()
+    assert not (tmp_path / "run" / "cross-validation").exists()
 
 
 def test_missing_cuda_is_a_one_line_error(tmp_path, capsys):
@@ -284,6 +285,7 @@ def test_em_options_reach_the_settings():
     )
     assert default.gprior
     args = ["reconstruct", "scan.h5", "--no-fit-noise", "--em-prior", "--em-samples", "4"]
+    args += ["--prior-scale", "weights"]
     given = _settings(_parse([*args, "--no-gprior"]))
     assert (given.fit_noise, given.em_prior, given.em_samples, given.gprior) == (
         False,
