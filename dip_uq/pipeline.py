@@ -314,7 +314,8 @@ def cross_validate_prior_scale(
     done = None if folder is None else folder / "search.json"
     if done is not None and done.exists():
         return json.loads(done.read_text())
-    if folder is not None:
+    main = group is None or group.is_main
+    if folder is not None and main:  # rank 0 alone writes (and judges) the checkpoints
         folder.mkdir(parents=True, exist_ok=True)
     data = holdout.split(A, y, CROSS_VALIDATION_EVERY)
     logger.info(
@@ -346,7 +347,7 @@ def cross_validate_prior_scale(
     )
     search.update(every=CROSS_VALIDATION_EVERY, projections=int(data.y_held.shape[0]))
     logger.info("cross-validated prior scale: %g times the weights'", search["chosen_factor"])
-    if done is not None and (group is None or group.is_main):
+    if done is not None and main:
         done.write_text(json.dumps(search))
     return search
 
