@@ -165,7 +165,7 @@ def _print_summary(written: list[Path], result: Result, device: str) -> None:
     if search and "every" in search:  # cross-validated
         print(
             f"prior scale: {search['chosen_factor']:.2g} times the fitted weights', chosen by "
-            f"{search['projections']} projections (one in {search['every']}) a first fit left out"
+            f"{search['projections']} projections (one in {search['every']}) a second fit left out"
         )
     if result.holdout:
         h = result.holdout
@@ -557,9 +557,10 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser, demo: bool) -> None:
         help="the prior's scale: 'weights', that of the fitted weights (and EM's, with "
         "--em-prior); 'holdout', the one that maximises the likelihood of the --holdout "
         "projections (the check is then no longer independent); 'cross-validated', the "
-        f"factor on the weights' scale that a first DIP fit without every "
+        f"factor on the weights' scale that a second DIP fit without every "
         f"{CROSS_VALIDATION_EVERY}th projection finds best for them, applied to the fit to "
-        "all of them (about twice the time) (default: %(default)s)",
+        "all of them (a second DIP fit and 3-5 sets of --em-samples samples) "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--seed",

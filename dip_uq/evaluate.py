@@ -26,13 +26,12 @@ Spearman's rank correlation between the std and ``|mean - truth|``; wall time in
 (the Laplace rows include the DIP fit they linearise, so every row is the cost of getting
 that output from the data). Uncertainty metrics of FBP are NaN.
 
-Suites (:data:`SUITES`): ``small`` (2D
-32²/48², 3D 16³; 14 minutes on a 2-core CPU), ``full`` (2D 128², 3D 64³; for a GPU). Each covers
-sparse-view and limited-angle scans at 1 % and 5 % noise, Shepp-Logan and random-ellipse
-phantoms, parallel beam in 2D and cone beam in 3D. ``defaults`` is the calibration's
-acceptance suite: ``dip-uq reconstruct``'s default settings on seven cases none of them was
-tuned on (2D 32²–96² with 16, 32 and 64 channels, parallel and fan beam; 3D 16³ parallel and
-20³ cone beam; sparse-view and 120°/180° arcs; 1–5 % noise).
+Suites (:data:`SUITES`): ``small`` (2D 32²/48², 3D 16³; 14 minutes on a 2-core CPU),
+``full`` (2D 128², 3D 64³; for a GPU). Each covers sparse-view and limited-angle scans at 1 %
+and 5 % noise, Shepp-Logan and random-ellipse phantoms, parallel beam in 2D and cone beam in 3D.
+``defaults`` is the calibration's acceptance suite: ``dip-uq reconstruct``'s default settings
+on seven cases none of them was tuned on (2D 32²–96² with 16, 32 and 64 channels, parallel
+and fan beam; 3D 16³ parallel and 20³ cone beam; sparse-view, 120°/180° arcs; 1–5 % noise).
 
 :func:`run_suite` (on the command line ``dip-uq evaluate``) writes ``results.csv``,
 ``results.md`` and, per case, a calibration plot (expected vs observed coverage of central
@@ -277,11 +276,12 @@ def _laplace_outputs(
         lap.prior.variances = start  # EM starts where it would without the search
     started = time.perf_counter()
     pipeline.fit_em(lap, settings, progress=progress)
-    if settings.prior_scale == "cross-validated":  # as the pipeline: a factor from a first fit
-        factor = pipeline.cross_validate_prior_scale(
-            data.A, data.y, settings, device=device, progress=progress
-        )["chosen_factor"]
-        lap.prior.variances = {b: factor * v for b, v in lap.prior.variances.items()}
+    if settings.prior_scale == "cross-validated":  # as the pipeline: a factor from a second fit
+        noise = lap.noise_variance
+        search = pipeline.cross_validate_prior_scale(
+            data.A, data.y, settings, noise_variance=noise, device=device, progress=progress
+        )
+        lap.prior.scale_variances(search["chosen_factor"])
     outputs["laplace-em"] = draw(started)
     return outputs, lap.history
 

@@ -136,10 +136,10 @@ def scores(
 
 @contextmanager
 def _stage(timings: dict[str, float], name: str) -> Iterator[None]:
-    """Times a stage into ``timings[name]`` (seconds)."""
+    """Adds the time of a stage to ``timings[name]`` (seconds)."""
     start = time.perf_counter()
     yield
-    timings[name] = time.perf_counter() - start
+    timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
 
 
 def build_network(shape: tuple[int, ...], settings: Settings) -> UNet:
@@ -206,16 +206,23 @@ def fit_dip(
 
 
 def linearise(
-    rec: DIP, y: torch.Tensor, settings: Settings, *, group: DistContext | None = None
+    rec: DIP,
+    y: torch.Tensor,
+    settings: Settings,
+    *,
+    noise_variance: float | None = None,
+    group: DistContext | None = None,
 ) -> LinearisedLaplace:
     """The linearised-Laplace posterior of a fitted DIP at its initial hyperparameters.
 
     ``y`` is the sinogram it was fitted to, given again because under ``torchrun`` only
-    rank 0 fitted (and holds ``rec.y``).
+    rank 0 fitted (and holds ``rec.y``); ``noise_variance``: ``σ_y²`` (default the DIP's
+    estimate, see :class:`LinearisedLaplace`).
     """
     return LinearisedLaplace(
         rec,
         y=y,
+        noise_variance=noise_variance,
         seed=settings.seed,
         solver=settings.solver_config(),
         group=group,
@@ -296,6 +303,7 @@ def cross_validate_prior_scale(
     y: torch.Tensor,
     settings: Settings,
     *,
+    noise_variance: float,
     device: torch.device,
     work_dir: Path | None = None,
     progress: bool = False,
@@ -304,10 +312,12 @@ def cross_validate_prior_scale(
     """The factor on the prior's scale that the projections a fit did not see like best.
 
     A DIP fitted to all but every :data:`~dip_uq.settings.CROSS_VALIDATION_EVERY`-th
-    projection of ``y`` is linearised and its EM run as ``settings`` say; then
-    :func:`dip_uq.holdout.choose_prior_scale` scores the held-out projections for every
-    factor on the weights' scale. Returns that search (``chosen_factor``, the held-out
-    log-likelihood per factor). With ``work_dir`` the fit checkpoints into
+    projection of ``y`` is linearised with the noise variance ``noise_variance`` (``σ_y²``,
+    that of the fit to all projections after its EM: the noise is the scan's, and a second
+    EM would cost as many samples again); then :func:`dip_uq.holdout.choose_prior_scale`
+    searches the factor on the weights' scale by the held-out projections' likelihood.
+    Returns that search (``chosen_factor``, the factors tried and their held-out
+    log-likelihoods). With ``work_dir`` the fit checkpoints into
     ``work_dir / CROSS_VALIDATION`` and a resumed run reads the search from there.
     """
     folder = None if work_dir is None else work_dir / CROSS_VALIDATION
@@ -319,7 +329,7 @@ def cross_validate_prior_scale(
         folder.mkdir(parents=True, exist_ok=True)
     data = holdout.split(A, y, CROSS_VALIDATION_EVERY)
     logger.info(
-        "cross-validating the prior's scale: a first DIP without %d of the %d projections",
+        "cross-validating the prior's scale: a DIP without %d of the %d projections",
         data.y_held.shape[0],
         y.shape[0],
     )
@@ -332,21 +342,17 @@ def cross_validate_prior_scale(
         progress=progress,
         group=group,
     )
-    lap = linearise(rec, data.y, settings, group=group)
-    fit_em(
-        lap,
-        settings,
-        checkpoint=None if folder is None else folder / "em-checkpoint.pt",
-        fingerprint=_fingerprint(settings, data.y),
-        progress=progress,
-    )
-    n_samples = settings.em_samples or settings.samples
-    mean = rec.predict()
+    lap = linearise(rec, data.y, settings, noise_variance=noise_variance, group=group)
     search = holdout.choose_prior_scale(
-        lap, data.A_held, data.y_held, mean, n_samples=n_samples, batch=settings.batch
+        lap,
+        data.A_held,
+        data.y_held,
+        rec.predict(),
+        n_samples=settings.em_samples or settings.samples,
+        batch=settings.batch,
     )
     search.update(every=CROSS_VALIDATION_EVERY, projections=int(data.y_held.shape[0]))
-    logger.info("cross-validated prior scale: %g times the weights'", search["chosen_factor"])
+    logger.info("cross-validated prior scale: %.3g times the weights'", search["chosen_factor"])
     if done is not None and main:
         done.write_text(json.dumps(search))
     return search
@@ -424,12 +430,6 @@ def run(
                 A_held, y_held, mean, result.samples - mean, sigma**2, every=settings.holdout
             ).to_dict()
     elif settings.method == "dip":
-        search = {}
-        if settings.uq == "laplace" and settings.prior_scale == "cross-validated":
-            with _stage(timings, "cross_validation_s"):
-                search = cross_validate_prior_scale(
-                    A, y, settings, device=device, work_dir=work_dir, progress=progress, group=group
-                )
         checkpoint = None if work_dir is None else work_dir / "dip-checkpoint.pt"
         with _stage(timings, "dip_s"):
             rec = fit_dip(
@@ -447,9 +447,21 @@ def run(
                     fingerprint=_fingerprint(settings, y),
                     progress=progress,
                 )
-                if search:  # cross-validated: the factor found on the first fit
-                    factor = search["chosen_factor"]
-                    lap.prior.variances = {b: factor * v for b, v in lap.prior.variances.items()}
+            search = {}
+            if settings.prior_scale == "cross-validated":  # a factor found by a second fit
+                with _stage(timings, "cross_validation_s"):
+                    search = cross_validate_prior_scale(
+                        A,
+                        y,
+                        settings,
+                        noise_variance=lap.noise_variance,
+                        device=device,
+                        work_dir=work_dir,
+                        progress=progress,
+                        group=group,
+                    )
+                lap.prior.scale_variances(search["chosen_factor"])
+            with _stage(timings, "uncertainty_s"):
                 if settings.prior_scale == "holdout":
                     search = holdout.choose_prior_scale(
                         lap,

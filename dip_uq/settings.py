@@ -13,7 +13,7 @@ __all__ = ["CROSS_VALIDATION_EVERY", "MEANS", "METHODS", "PRIOR_SCALES", "UQ_MET
 METHODS = ("fbp", "dip")
 UQ_METHODS = ("laplace", "mcdropout", "sgld", "none")
 PRIOR_SCALES = ("weights", "holdout", "cross-validated")
-# prior_scale="cross-validated" holds out every K-th projection of its first fit
+# prior_scale="cross-validated" holds out every K-th projection of its second fit
 CROSS_VALIDATION_EVERY = 5
 MEANS = ("linear", "network")
 
@@ -55,14 +55,17 @@ class Settings:
         holdout: 0 (default) or ``K >= 2``: every K-th projection is kept out of the fit,
             the EM and the posterior, and scored afterwards under the posterior predictive
             (:mod:`dip_uq.holdout`): a calibration check without a ground truth.
-        prior_scale: ``"cross-validated"`` (default): a first DIP fit leaves every
+        prior_scale: ``"cross-validated"`` (default): after the DIP fitted to all
+            projections and its EM, a second DIP fit leaves every
             :data:`CROSS_VALIDATION_EVERY`-th projection out, and the factor on its weights'
-            scale that those projections' predictive likelihood likes best (searched over
-            :data:`dip_uq.holdout.PRIOR_SCALE_FACTORS`) is applied to the weights' scale of
-            the DIP fitted to all of them (about twice the time; the ``holdout`` check, if
-            asked for, stays independent of it). ``"weights"``: the scale of the fitted
-            weights (and EM's, with ``em_prior``); ``"holdout"``: the search on this run's
-            own held-out projections (needs ``holdout``; no longer an independent check).
+            scale that those projections' predictive likelihood likes best (searched within
+            :data:`dip_uq.holdout.PRIOR_SCALE_DECADES` by
+            :func:`dip_uq.holdout.best_decade`, at EM's noise variance) is applied to the
+            weights' scale of the first (a second DIP fit and 3-5 sets of ``em_samples``
+            samples; the ``holdout`` check, if asked for, stays independent of it).
+            ``"weights"``: the scale of the fitted weights (and EM's, with ``em_prior``);
+            ``"holdout"``: the search on this run's own held-out projections (needs
+            ``holdout``; no longer an independent check).
     """
 
     method: str = "dip"

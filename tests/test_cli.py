@@ -118,10 +118,12 @@ def test_interrupted_runs_resume_to_the_uninterrupted_result(tmp_path, monkeypat
     assert main([*common, "--out", str(tmp_path / "ref")]) == 0
 
     out = ["--out", str(tmp_path / "run")]
-    with monkeypatch.context() as m:  # Ctrl-C during the first DIP (of the cross-validation)
-        _Interrupt(m, DIP, "_save", after=1)
+    # Ctrl-C during the second DIP (of the cross-validation), after the first's three saves
+    with monkeypatch.context() as m:
+        _Interrupt(m, DIP, "_save", after=4)
         assert main([*common, *out]) == 130
     assert (tmp_path / "run" / "cross-validation" / "dip-checkpoint.pt").exists()
+    assert (tmp_path / "run" / "em-checkpoint.pt").exists()
     assert main([*common, *out]) == 2  # checkpoints: neither silently resumed nor replaced
     assert "--resume" in capsys.readouterr().err
     with monkeypatch.context() as m:  # resumed, then Ctrl-C after the first batch of samples

@@ -121,14 +121,41 @@ def test_held_out_projections_never_enter_the_fit():
     assert second.holdout["coverage_90"] < first.holdout["coverage_90"]
 
 
+@pytest.mark.parametrize("peak", [-2.7, -1.5, -0.2, 0.5, 1.6])
+def test_the_decade_walk_finds_the_peak_of_a_parabola(peak):
+    calls = []
+    best, seen = holdout.best_decade(lambda e: calls.append(e) or -((e - peak) ** 2), -3, 2)
+    assert best == pytest.approx(peak, abs=1e-9)  # the vertex through three decades: exact
+    assert len(calls) == len(seen) <= 5  # no decade is scored twice
+    assert min(seen) <= peak <= max(seen)
+
+
+def test_the_decade_walk_stops_at_the_ends_of_its_range():
+    assert holdout.best_decade(lambda e: -e, -3, 2)[0] == -3  # rising beyond the smallest
+    assert holdout.best_decade(lambda e: e, -3, 2)[0] == 2
+    assert holdout.best_decade(lambda e: 0.0, -3, 2)[0] == 0  # flat: the starting scale
+
+
 def test_the_prior_scale_is_chosen_by_the_held_out_likelihood(tiny):
     lap, A_held, y_held = tiny
     start = dict(lap.prior.variances)
     mean = lap.model.image_star
     search = holdout.choose_prior_scale(lap, A_held, y_held, mean, n_samples=8)
-    tlls = search["tll_per_pixel"]
-    assert len(tlls) == len(holdout.PRIOR_SCALE_FACTORS)
-    assert search["chosen_factor"] == holdout.PRIOR_SCALE_FACTORS[int(np.argmax(tlls))]
+    factors, tlls = search["factors"], search["tll_per_pixel"]
+    best = int(np.argmax(tlls))
+    assert 3 <= len(factors) <= 6 and factors == sorted(factors)
+    # the walk stopped where the likelihood fell, or at an end of the range
+    ends = [10.0**e for e in holdout.PRIOR_SCALE_DECADES]
+    assert 0 < best < len(factors) - 1 or factors[best] in ends
+    assert abs(np.log10(search["chosen_factor"] / factors[best])) <= 0.5
+    # each candidate is the samples' held-out likelihood at that factor
+    lap.prior.variances = start
+    lap.prior.scale_variances(factors[best])
+    deviations = lap.moments(8, keep_samples=True).samples
+    scores = holdout.check(A_held, y_held, mean, deviations, lap.noise_variance, every=0)
+    assert scores.tll == pytest.approx(tlls[best], rel=1e-6)
+    lap.prior.variances = start
+    lap.prior.scale_variances(search["chosen_factor"])
     for block, variance in lap.prior.variances.items():
         assert variance == pytest.approx(search["chosen_factor"] * start[block])
     lap.prior.variances = start  # the fixture is shared

@@ -80,6 +80,13 @@ class MaternPrior:
         self.scale = scale
         self._factors: dict[tuple, torch.Tensor] = {}
 
+    def scale_variances(self, factor: float) -> None:
+        """Multiply every block's variance by one positive ``factor`` (the prior's overall
+        scale; the variances relative to each other, and so the preconditioner, stay)."""
+        if not (factor > 0 and math.isfinite(factor)):
+            raise ValueError(f"the factor on the prior variances must be positive, got {factor}")
+        self.variances = {b: factor * v for b, v in self.variances.items()}
+
     def _cholesky(self, w: ConvWeight, like: torch.Tensor) -> torch.Tensor:
         key = (w.kernel_size, self.lengthscales[w.block], like.device, like.dtype)
         if key not in self._factors:

@@ -55,3 +55,15 @@ def test_bad_prior_settings():
     weights = du.UNet(dim=2, scales=2, channels=2, skip_channels=1).conv_weights()
     with pytest.raises(ValueError, match="variances must be positive"):
         MaternPrior(weights, variance=-1.0)
+
+
+def test_scaling_the_variances_scales_the_covariance():
+    net = du.UNet(dim=2, scales=2, channels=2, skip_channels=1, seed=0)
+    variances = {"down_0": 2.0, "down_1": 0.5, "skip_0": 1.0, "up_0": 3.0, "out": 0.1}
+    prior = MaternPrior(net.conv_weights(), variances, lengthscale=0.7)
+    before = prior.dense()
+    prior.scale_variances(0.25)
+    torch.testing.assert_close(prior.dense(), 0.25 * before)
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="factor on the prior variances must be positive"):
+            prior.scale_variances(bad)
