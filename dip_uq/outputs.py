@@ -87,6 +87,7 @@ def save_report(
     curves: Mapping[str, np.ndarray | Mapping[str, np.ndarray]] | None = None,
     calibration: Mapping[str, np.ndarray] | None = None,
     holdout_curve: tuple[np.ndarray, np.ndarray] | None = None,
+    prior_scale_search: Mapping[str, Any] | None = None,
 ) -> None:
     """A PNG with one panel per image (three central slices each for volumes) plus plots.
 
@@ -103,6 +104,9 @@ def save_report(
             plot (RMSE of the error vs the std, binned by std).
         holdout_curve: optional ``(expected, observed)`` coverage of the held-out
             projections' predictive intervals (:mod:`dip_uq.holdout`): one more panel.
+        prior_scale_search: optional search of the prior's scale (run.json's
+            ``prior_scale_search``: ``factors``, ``tll_per_pixel``, ``chosen_factor``): the
+            held-out log-likelihood against the factor, the chosen one marked.
     """
     import matplotlib
 
@@ -114,6 +118,7 @@ def save_report(
 
     curves = dict(curves or {})
     plots = len(curves) + (2 if calibration is not None else 0) + (holdout_curve is not None)
+    plots += prior_scale_search is not None
     rows = [(name, slab) for name, image in images.items() for slab in _central_slices(image)]
     n_slices = len(_central_slices(next(iter(images.values()))))
     n_images = len(images)
@@ -157,6 +162,16 @@ def save_report(
         ax.set_axis_on()
         calibration_plot(ax, *holdout_curve)
         ax.set_title("held-out projections", fontsize=9)
+    if prior_scale_search is not None:
+        ax = next(plot_axes)
+        ax.set_axis_on()
+        search = prior_scale_search
+        ax.semilogx(search["factors"], search["tll_per_pixel"], "o-")
+        ax.axvline(search["chosen_factor"], color="grey", linestyle="--", label="chosen")
+        ax.legend(fontsize=7)
+        ax.set_xlabel("factor on the weights' prior scale")
+        ax.set_ylabel("held-out TLL (nats/pixel)")
+        ax.set_title("prior scale search", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -244,6 +259,7 @@ def write_results(
         curves=result.curves,
         calibration=calibration,
         holdout_curve=holdout_curve,
+        prior_scale_search=result.hyperparameters.get("prior_scale_search"),
     )
     written.append(out / "run.json")
     write_json(

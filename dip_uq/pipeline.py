@@ -277,18 +277,17 @@ def fit_em(
 def hyperparameters(
     lap: LinearisedLaplace, settings: Settings
 ) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
-    """The hyperparameters ``lap`` ended with (for ``run.json``) and, after EM, their
-    history as report curves."""
+    """The hyperparameters ``lap`` ended with (for ``run.json``) and, after EM, the history
+    of what it fitted as report curves."""
     history = lap.history
     curves = {}
     if settings.em_steps:  # without EM the "curves" would be single points
-        curves = {
-            "EM noise variance σ_y²": {"σ_y²": np.asarray(history["noise_variance"])},
-            "EM prior variances σ_b²": {
-                name.split("/", 1)[1]: np.asarray(values)
-                for name, values in history.items()
-                if name.startswith("prior_variance/")
-            },
+        curves["EM noise variance σ_y²"] = {"σ_y²": np.asarray(history["noise_variance"])}
+    if settings.em_steps and settings.em_prior:  # else flat lines, before any scale factor
+        curves["EM prior variances σ_b²"] = {
+            name.split("/", 1)[1]: np.asarray(values)
+            for name, values in history.items()
+            if name.startswith("prior_variance/")
         }
     hyper = {
         "noise_variance": lap.noise_variance,

@@ -131,6 +131,9 @@ def test_hyperparameters_report_em_curves_only_after_em(fitted):
     pipeline.fit_em(lap, settings)
     hyper, curves = pipeline.hyperparameters(lap, settings)
     assert len(curves["EM noise variance σ_y²"]["σ_y²"]) == settings.em_steps + 1
+    assert set(curves) == {"EM noise variance σ_y²"}  # the prior's variances were not fitted
+    fitting_the_prior = replace(settings, em_prior=True, prior_scale="weights")
+    hyper, curves = pipeline.hyperparameters(lap, fitting_the_prior)
     assert set(curves["EM prior variances σ_b²"]) == {
         b.split("/", 1)[1] for b in hyper["history"] if b.startswith("prior_variance/")
     }
