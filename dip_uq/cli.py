@@ -559,7 +559,7 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser, demo: bool) -> None:
         "projections (the check is then no longer independent); 'cross-validated', the "
         f"factor on the weights' scale that a second DIP fit without every "
         f"{CROSS_VALIDATION_EVERY}th projection finds best for them, applied to the fit to "
-        "all of them (a second DIP fit and 3-5 sets of --em-samples samples) "
+        "all of them (a second DIP fit and 4-6 sets of --em-samples samples) "
         "(default: %(default)s)",
     )
     p.add_argument(

@@ -259,26 +259,39 @@ def check(
     )
 
 
+def _vertex(points: list[tuple[float, float]]) -> float | None:
+    """The ``x`` of the top of the parabola through three points ``(x, f)`` (``x`` ascending),
+    or None where it opens upwards or is flat (no top between them)."""
+    (x0, f0), (x1, f1), (x2, f2) = points
+    rise, fall = (f1 - f0) / (x1 - x0), (f2 - f1) / (x2 - x1)
+    curvature = (fall - rise) / (x2 - x0)  # half the second derivative
+    if curvature >= 0:
+        return None
+    return 0.5 * (x0 + x1) - rise / (2 * curvature)
+
+
 def best_decade(
-    score: Callable[[int], float], low: int, high: int
-) -> tuple[float, dict[int, float]]:
+    score: Callable[[float], float], low: int, high: int
+) -> tuple[float, dict[float, float]]:
     """The maximiser of ``score(e)`` over ``log10`` factors ``e`` in ``[low, high]``
-    (``low <= -1 < 0 <= high``), and the scores it evaluated (by decade).
+    (``low <= -1 < 0 <= high``), and the scores it evaluated (by ``e``).
 
     Walks uphill from ``e = 0`` in steps of one decade until the score falls (or the range
-    ends), then returns the vertex of the parabola through the best decade and its two
-    neighbours (the two inward ones at a range end), kept within half a decade of the best
-    and within the range. A score with one peak costs 3-5 evaluations.
+    ends); scores the half decade beside the best on the side where the parabola through the
+    best and its neighbours peaks (a parabola in decades misplaces the top of a lopsided
+    score); returns the vertex of the parabola through the best point scored and its
+    nearest scored neighbours, or the best point itself at a range end or without a peak.
+    A score with one peak costs 4-6 evaluations.
 
     >>> best, seen = best_decade(lambda e: -((e + 0.3) ** 2), -3, 2)
     >>> round(best, 6), sorted(seen)
-    (-0.3, [-1, 0, 1])
+    (-0.3, [-1.0, -0.5, 0.0, 1.0])
     """
-    seen: dict[int, float] = {}
+    seen: dict[float, float] = {}
 
-    def at(e: int) -> float:
+    def at(e: float) -> float:
         if e not in seen:
-            seen[e] = float(score(e))
+            seen[float(e)] = float(score(e))
         return seen[e]
 
     best = -1 if at(-1) > at(0) else 0
@@ -286,12 +299,19 @@ def best_decade(
     while low <= best + step <= high and at(best + step) > at(best):
         best += step
     centre = min(max(best, low + 1), high - 1)  # at a range end: the end's two neighbours
-    below, middle, above = at(centre - 1), at(centre), at(centre + 1)
-    curvature = below - 2 * middle + above
-    if curvature >= 0:  # no peak between them: a flat or one-sided score
+    vertex = _vertex([(e, at(e)) for e in (centre - 1, centre, centre + 1)])
+    if vertex is None or vertex == best:
         return float(best), seen
-    vertex = centre + 0.5 * (below - above) / curvature
-    return min(max(vertex, best - 0.5, low), best + 0.5, high), seen
+    half = best + (0.5 if vertex > best else -0.5)
+    if low <= half <= high:
+        at(half)
+    scored = sorted(seen)
+    top = max(scored, key=seen.__getitem__)
+    if top in (scored[0], scored[-1]):
+        return float(top), seen
+    index = scored.index(top)
+    vertex = _vertex([(e, seen[e]) for e in scored[index - 1 : index + 2]])
+    return (float(top) if vertex is None else vertex), seen
 
 
 def choose_prior_scale(
@@ -317,7 +337,7 @@ def choose_prior_scale(
     """
     start = dict(lap.prior.variances)
 
-    def tll(decade: int) -> float:
+    def tll(decade: float) -> float:
         lap.prior.variances = start
         lap.prior.scale_variances(10.0**decade)
         moments = lap.moments(n_samples, batch=batch, keep_samples=True)

@@ -61,7 +61,7 @@ class Settings:
             scale that those projections' predictive likelihood likes best (searched within
             :data:`dip_uq.holdout.PRIOR_SCALE_DECADES` by
             :func:`dip_uq.holdout.best_decade`, at EM's noise variance) is applied to the
-            weights' scale of the first (a second DIP fit and 3-5 sets of ``em_samples``
+            weights' scale of the first (a second DIP fit and 4-6 sets of ``em_samples``
             samples; the ``holdout`` check, if asked for, stays independent of it).
             ``"weights"``: the scale of the fitted weights (and EM's, with ``em_prior``);
             ``"holdout"``: the search on this run's own held-out projections (needs

@@ -125,9 +125,19 @@ def test_held_out_projections_never_enter_the_fit():
 def test_the_decade_walk_finds_the_peak_of_a_parabola(peak):
     calls = []
     best, seen = holdout.best_decade(lambda e: calls.append(e) or -((e - peak) ** 2), -3, 2)
-    assert best == pytest.approx(peak, abs=1e-9)  # the vertex through three decades: exact
-    assert len(calls) == len(seen) <= 5  # no decade is scored twice
+    assert best == pytest.approx(peak, abs=1e-9)  # the vertex of three points: exact
+    assert len(calls) == len(seen) <= 6  # no factor is scored twice
     assert min(seen) <= peak <= max(seen)
+
+
+def test_the_decade_walk_refines_a_lopsided_peak_by_half_a_decade():
+    """Steeper below the peak than above it (as the held-out likelihood falls faster for a
+    prior too narrow than too wide): the parabola through decades 0, 1, 2 puts the top at
+    0.92, the half decade 0.5 scored beside the best moves it to 0.71 (the truth: 0.6)."""
+    lopsided = lambda e: -((e - 0.6) ** 2) * (4.0 if e < 0.6 else 1.0)  # noqa: E731
+    best, seen = holdout.best_decade(lopsided, -3, 2)
+    assert sorted(seen) == [-1, 0, 0.5, 1, 2]
+    assert abs(best - 0.6) < 0.12
 
 
 def test_the_decade_walk_stops_at_the_ends_of_its_range():
@@ -143,7 +153,7 @@ def test_the_prior_scale_is_chosen_by_the_held_out_likelihood(tiny):
     search = holdout.choose_prior_scale(lap, A_held, y_held, mean, n_samples=8)
     factors, tlls = search["factors"], search["tll_per_pixel"]
     best = int(np.argmax(tlls))
-    assert 3 <= len(factors) <= 6 and factors == sorted(factors)
+    assert 3 <= len(factors) <= 7 and factors == sorted(factors)
     # the walk stopped where the likelihood fell, or at an end of the range
     ends = [10.0**e for e in holdout.PRIOR_SCALE_DECADES]
     assert 0 < best < len(factors) - 1 or factors[best] in ends
