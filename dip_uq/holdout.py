@@ -349,13 +349,14 @@ def choose_prior_scale(
     best, seen = best_decade(tll, *decades)
     lap.prior.variances = start
     lap.prior.scale_variances(10.0**best)
-    if best <= decades[0] or best >= decades[1]:
+    if not decades[0] < best < decades[1]:
+        smallest = best <= decades[0]
         logger.warning(
             "the held-out projections liked the %s prior scale searched best (%g times the "
             "start): the best may lie beyond it, and the std be %s than it should",
-            "smallest" if best <= decades[0] else "largest",
+            "smallest" if smallest else "largest",
             10.0**best,
-            "wider" if best <= decades[0] else "narrower",
+            "wider" if smallest else "narrower",
         )
     tried = sorted(seen)
     return {
