@@ -66,7 +66,7 @@ from torch import nn
 
 from .checkpoint import load as load_checkpoint
 from .checkpoint import save as save_checkpoint
-from .networks import UNet
+from .networks import UNet, onednn_convolutions
 from .noise import (
     _positive_float,
     _positive_int,
@@ -290,7 +290,8 @@ class DIP:
         if self.mixed_precision:
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
                 return network(z).float()
-        return network(z)
+        with onednn_convolutions():  # a training step: plain autograd, one image
+            return network(z)
 
     def predict(self, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """:meth:`image` at ``params`` (default :attr:`params_star`), without autograd."""

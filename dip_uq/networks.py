@@ -26,8 +26,10 @@ already normalised), no 1-channel dummy branch where a scale has no skip, and no
 
 from __future__ import annotations
 
+import contextvars
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -36,10 +38,120 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ConvWeight", "Norm", "UNet"]
+__all__ = ["ConvWeight", "Norm", "UNet", "onednn_convolutions"]
 
 MIN_COARSEST = 4  # pixels the coarsest scale must keep along every axis
-_CONV = {2: nn.Conv2d, 3: nn.Conv3d}
+# PyTorch sends a CPU float32 convolution to oneDNN only for a batch of several images or an
+# input with N·C·Z·Y above this many elements; below, it takes its vol2col convolution
+_VOL2COL_LIMIT = 20480
+_ONEDNN = contextvars.ContextVar("onednn_convolutions", default=False)
+
+
+@contextmanager
+def onednn_convolutions() -> Iterator[None]:
+    """Within this block, 3D convolutions of a single CPU float32 image run through oneDNN,
+    forward and backward, where PyTorch would take its vol2col convolution.
+
+    PyTorch's heuristic keeps a batch of one image below ``N·C·Z·Y = 20480`` elements (32
+    channels at 24³, 16 at 32³: every DIP volume of a laptop's size) on vol2col, which is 2-6×
+    slower than oneDNN there: a DIP step of the default 3D U-Net at 16³-24³ takes half the
+    time through oneDNN (``scripts/bench_dip.py speed --sizes laptop`` measures it). Results
+    agree with the vol2col convolution to float32 rounding (relative 1e-6), not bit for bit.
+
+    For plain autograd only (the DIP's training steps): the oneDNN function has no
+    forward-mode derivative and no batching rule, so do not enter it around ``torch.func``
+    transforms (the linearisation's products are batched and reach oneDNN anyway).
+    """
+    token = _ONEDNN.set(True)
+    try:
+        yield
+    finally:
+        _ONEDNN.reset(token)
+
+
+def _onednn_conv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    padding: Sequence[int],
+    stride: Sequence[int] = (1, 1, 1),
+) -> torch.Tensor:
+    return torch.mkldnn_convolution(
+        x.contiguous(), weight.contiguous(), bias, padding, stride, (1, 1, 1), 1
+    )
+
+
+class _OneDNNConv3d(torch.autograd.Function):
+    """A 3D convolution (groups 1, dilation 1, zero padding) whose forward and backward are
+    oneDNN convolutions."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding):  # type: ignore[override]
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.padding = tuple(stride), tuple(padding)
+        return _onednn_conv(x, weight, bias, padding, stride)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
+        grad = grad.contiguous()
+        if ctx.stride == (1, 1, 1):
+            # the input's gradient correlates grad with the flipped, transposed kernel; the
+            # kernel's correlates the input with grad, the channels taken as the batch
+            kernel = weight.shape[2:]
+            flipped = [k - 1 - p for k, p in zip(kernel, ctx.padding, strict=True)]
+            grad_x = grad_weight = None
+            if need_x:
+                grad_x = _onednn_conv(grad, weight.flip(2, 3, 4).transpose(0, 1), None, flipped)
+            if need_weight:
+                grad_weight = _onednn_conv(
+                    x.transpose(0, 1), grad.transpose(0, 1), None, ctx.padding
+                ).transpose(0, 1)
+        else:
+            # strided (cheap: an eighth of the output): PyTorch's own backward, which takes
+            # oneDNN for a batch of two (the second image all zeros, so it adds nothing)
+            grad_x, grad_weight, _ = torch.ops.aten.convolution_backward(
+                torch.cat([grad, torch.zeros_like(grad)]),
+                torch.cat([x, torch.zeros_like(x)]),
+                weight,
+                None,
+                ctx.stride,
+                ctx.padding,
+                (1, 1, 1),
+                False,
+                (0, 0, 0),
+                1,
+                (need_x, need_weight, False),
+            )
+            grad_x = None if grad_x is None else grad_x[:1]
+        grad_bias = grad.sum((0, 2, 3, 4)) if need_bias else None
+        return grad_x, grad_weight, grad_bias, None, None
+
+
+class _Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` that takes oneDNN for one image inside :func:`onednn_convolutions`."""
+
+    def _conv_forward(
+        self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        if (
+            _ONEDNN.get()
+            and input.device.type == "cpu"
+            and input.dtype == torch.float32
+            and input.shape[0] == 1
+            and input.shape[1] * input.shape[2] * input.shape[3] <= _VOL2COL_LIMIT
+            and self.groups == 1
+            and self.dilation == (1, 1, 1)
+            and self.padding_mode == "zeros"
+            and not isinstance(self.padding, str)
+            and torch.backends.mkldnn.is_available()
+        ):
+            return _OneDNNConv3d.apply(input, weight, bias, self.stride, self.padding)
+        return super()._conv_forward(input, weight, bias)
+
+
+_CONV = {2: nn.Conv2d, 3: _Conv3d}
 _UPSAMPLE = {2: "bilinear", 3: "trilinear"}
 # Channel dropout (whole feature maps), not element dropout: neighbouring activations of a
 # convolution are strongly correlated, so zeroing single voxels is largely undone by the next

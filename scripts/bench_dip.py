@@ -9,9 +9,12 @@ Markdown and a JSON file):
   Shepp-Logan phantoms: 2D 128² parallel beam and 3D 64³ cone beam, sparse-view (30-60
   angles) and limited-angle (90°) scans at 1-5 % Gaussian noise.
 * ``speed``: seconds per DIP iteration next to the raw cost of its parts measured in the same
-  process: one U-Net forward+backward, one forward projection (FP) and one back-projection
-  (BP). ``overhead = DIP / (net + FP + BP) - 1`` (goal: <= 10 %). CPU sizes: 2D 128², 3D 64³;
-  ``--sizes gpu``: 3D 128³ and 256³ cone beam.
+  process: one U-Net forward+backward as the DIP runs it (inside
+  :func:`dip_uq.networks.onednn_convolutions`), one forward projection (FP) and one
+  back-projection (BP). ``overhead = DIP / (net + FP + BP) - 1`` (goal: <= 10 %). Beside it the
+  same U-Net step with PyTorch's own choice of convolution (``net, torch's choice``) and the
+  ratio of the two. CPU sizes: 2D 128², 3D 64³; ``--sizes laptop``: the 3D volumes of the demo
+  and the suites (16³, 24³, 32³, cone beam); ``--sizes gpu``: 3D 128³ and 256³.
 * ``pretrain``: DIP from scratch against DIP started from
   :func:`dip_uq.pretraining.pretrain` weights on the same scan: PSNR against iterations, and
   iterations/time to reach a target PSNR.
@@ -26,7 +29,7 @@ Markdown and a JSON file):
 Usage::
 
     python scripts/bench_dip.py quality [--cases 2d|3d|all] [--iterations N] [--channels C]
-    python scripts/bench_dip.py speed [--sizes cpu|gpu] [--device cpu|cuda] [--repeat N]
+    python scripts/bench_dip.py speed [--sizes cpu|laptop|gpu] [--device cpu|cuda] [--repeat N]
     python scripts/bench_dip.py pretrain [--size 64] [--n-images 512] [--epochs 8]
     python scripts/bench_dip.py peer [--budget 150] [--target 29.1] [--phantom ellipses]
                                      [--size 64] [--angles 30] [--noise 0.02] [--every 25]
@@ -54,6 +57,7 @@ import torch
 import dip_uq as du
 from dip_uq.dip import DIP, FBP_FILTER
 from dip_uq.metrics import psnr, ssim
+from dip_uq.networks import onednn_convolutions
 from dip_uq.noise import default_tv_weight, estimate_noise_sigma, image_scale, ray_transform_gain
 from dip_uq.pretraining import pretrain
 from dip_uq.simulation import SCAN_ATTENUATION
@@ -74,6 +78,7 @@ QUALITY_CASES = {
 }
 SPEED_CASES = {
     "cpu": {"2d-128": ((128, 128), 60), "3d-64": ((64, 64, 64), 64)},
+    "laptop": {"3d-16": ((16, 16, 16), 16), "3d-24": ((24, 24, 24), 24), "3d-32": ((32,) * 3, 32)},
     "gpu": {"3d-128": ((128, 128, 128), 128), "3d-256": ((256, 256, 256), 256)},
 }
 
@@ -264,10 +269,15 @@ def run_speed(args: argparse.Namespace) -> list[dict[str, Any]]:
                 out = net(z)
             (out * weights).sum().backward()
 
+        def dip_net_step(net_step=net_step):
+            with onednn_convolutions():
+                net_step()
+
         with torch.no_grad():
             t_fp = median_time(lambda A=A, x=x: A(x), args.repeat, device)
             t_bp = median_time(lambda A=A, y=y: A.adjoint(y), args.repeat, device)
-        t_net = median_time(net_step, args.repeat, device)
+        t_torch = median_time(net_step, args.repeat, device)
+        t_net = median_time(dip_net_step, args.repeat, device)
         raw = t_net + t_fp + t_bp
         row = {
             "case": name,
@@ -277,6 +287,7 @@ def run_speed(args: argparse.Namespace) -> list[dict[str, Any]]:
             "params": sum(p.numel() for p in net.parameters()),
             "dip_s_per_it": per_iteration,
             "net_fwd_bwd_s": t_net,
+            "net_torch_choice_s": t_torch,
             "fp_s": t_fp,
             "bp_s": t_bp,
             "raw_s": raw,
@@ -290,14 +301,16 @@ def run_speed(args: argparse.Namespace) -> list[dict[str, Any]]:
 def speed_markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| case | device, backend | params | DIP s/it | net fwd+bwd | FP | BP | raw sum | "
-        "overhead |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "overhead | net, torch's choice | ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['case']} | {r['device']}, {r['backend']}{' bf16' if r['bf16'] else ''} | "
             f"{r['params']:,} | {r['dip_s_per_it']:.3f} | {r['net_fwd_bwd_s']:.3f} | "
-            f"{r['fp_s']:.3f} | {r['bp_s']:.3f} | {r['raw_s']:.3f} | {100 * r['overhead']:+.1f} % |"
+            f"{r['fp_s']:.3f} | {r['bp_s']:.3f} | {r['raw_s']:.3f} | "
+            f"{100 * r['overhead']:+.1f} % | {r['net_torch_choice_s']:.3f} | "
+            f"{r['net_torch_choice_s'] / r['net_fwd_bwd_s']:.2f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -679,7 +692,7 @@ def main() -> None:
     parser.add_argument("--backend", default="auto", choices=["auto", "torch", "astra"])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--cases", default="all", choices=["2d", "3d", "all"])
-    parser.add_argument("--sizes", default="cpu", choices=["cpu", "gpu"])
+    parser.add_argument("--sizes", default="cpu", choices=list(SPEED_CASES))
     parser.add_argument("--iterations", type=int, default=None, help="DIP iterations")
     parser.add_argument("--channels", type=int, default=None, help="U-Net channels per scale")
     parser.add_argument("--tv-iterations", type=int, default=1000)

@@ -1,10 +1,13 @@
 """Tests of dip_uq.networks: shapes, seeding, the conv-weight list and torch.func Jacobians."""
 
+import contextlib
+
 import pytest
 import torch
 from torch import nn
 from torch.func import functional_call, jvp, vjp, vmap
 
+from dip_uq import networks
 from dip_uq.networks import Norm, UNet
 
 
@@ -198,3 +201,56 @@ def test_dropout_adds_no_parameters_and_zero_changes_nothing(dim, shape):
 def test_invalid_dropout(dropout):
     with pytest.raises(ValueError, match=r"dropout must be a probability in \[0, 1\)"):
         UNet(2, scales=2, channels=4, dropout=dropout)
+
+
+@pytest.mark.parametrize("stride,kernel,bias", [(1, 3, True), (1, 1, False), (2, 3, True)])
+def test_onednn_convolution_matches_pytorch(stride, kernel, bias):
+    """The oneDNN convolution of one image gives PyTorch's output and gradients."""
+    gen = torch.Generator().manual_seed(0)
+    conv = networks._Conv3d(5, 7, kernel, stride=stride, padding=kernel // 2, bias=bias)
+    x = torch.randn(1, 5, 9, 10, 11, generator=gen, requires_grad=True)
+    weights = torch.randn(conv(x).shape, generator=gen)
+    results = []
+    for fast in (False, True):
+        x.grad, conv.weight.grad = None, None
+        if bias:
+            conv.bias.grad = None
+        with networks.onednn_convolutions() if fast else contextlib.nullcontext():
+            out = conv(x)
+        (out * weights).sum().backward()
+        grads = [x.grad, conv.weight.grad] + ([conv.bias.grad] if bias else [])
+        results.append([out.detach(), *grads])
+    for ref, got in zip(*results, strict=True):
+        assert got.shape == ref.shape
+        assert float((got - ref).norm() / ref.norm()) < 1e-5
+
+
+def test_onednn_convolutions_run_in_the_unet_step_only_where_asked(monkeypatch):
+    """Inside the block the 3D U-Net's single-image float32 convolutions take oneDNN and its
+    step equals PyTorch's; outside it, in float64 and in 2D they do not take it."""
+    calls = []
+    apply = networks._OneDNNConv3d.apply
+    monkeypatch.setattr(networks._OneDNNConv3d, "apply", lambda *a: calls.append(1) or apply(*a))
+
+    def step(net, z, fast):
+        net.zero_grad(set_to_none=True)
+        with networks.onednn_convolutions() if fast else contextlib.nullcontext():
+            out = net(z)
+        out.square().mean().backward()
+        return out.detach(), {n: p.grad for n, p in net.named_parameters()}
+
+    net = UNet.default_for((16, 16, 16), channels=8, seed=3)
+    z = torch.randn(1, net.in_channels, 16, 16, 16, generator=torch.Generator().manual_seed(1))
+    ref_out, ref_grads = step(net, z, fast=False)
+    assert not calls
+    out, grads = step(net, z, fast=True)
+    n_convs = sum(isinstance(m, nn.Conv3d) for m in net.modules())
+    assert len(calls) == n_convs
+    assert float((out - ref_out).norm() / ref_out.norm()) < 1e-5
+    for name, grad in grads.items():
+        assert float((grad - ref_grads[name]).norm() / ref_grads[name].norm()) < 1e-4, name
+    calls.clear()
+    step(net.double(), z.double(), fast=True)
+    net2d = UNet.default_for((16, 16), channels=8, seed=3)
+    step(net2d, torch.randn(1, net2d.in_channels, 16, 16), fast=True)
+    assert not calls
