@@ -270,7 +270,7 @@ def _laplace_outputs(
     if scale_by_holdout:
         started, start = time.perf_counter(), dict(lap.prior.variances)
         holdout.choose_prior_scale(
-            lap, data.A_held, data.y_held, mean, n_samples=settings.em_samples or settings.samples
+            lap, data.A_held, data.y_held, mean, n_samples=settings.samples_per_step
         )
         outputs[HOLDOUT_METHOD] = draw(started)
         lap.prior.variances = start  # EM starts where it would without the search

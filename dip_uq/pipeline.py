@@ -19,7 +19,6 @@ from the last checkpoint and reaches the same result as an uninterrupted run.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
@@ -75,6 +74,7 @@ COVERAGE_LEVELS = (0.5, 0.9, 0.95)
 CROSS_VALIDATION = "cross-validation"  # the folder of the cross-validated prior scale's fit
 CHECKPOINTS = ("dip-checkpoint.pt", "em-checkpoint.pt", "samples", CROSS_VALIDATION)
 EM_CHECKPOINT = "dip_uq.pipeline EM checkpoint 1"
+SEARCH_CHECKPOINT = "dip_uq.pipeline prior-scale search 1"
 logger = logging.getLogger("dip_uq")
 
 
@@ -256,7 +256,7 @@ def fit_em(
     for step in tqdm(steps, desc="EM", disable=not progress or not steps):
         lap.fit_hyperparameters(
             1,
-            n_samples=settings.em_samples or settings.samples,
+            n_samples=settings.samples_per_step,
             batch=settings.batch,
             per_block=settings.em_per_block,
             fit_noise=settings.fit_noise,
@@ -317,12 +317,15 @@ def cross_validate_prior_scale(
     searches the factor on the weights' scale by the held-out projections' likelihood.
     Returns that search (``chosen_factor``, the factors tried and their held-out
     log-likelihoods). With ``work_dir`` the fit checkpoints into
-    ``work_dir / CROSS_VALIDATION`` and a resumed run reads the search from there.
+    ``work_dir / CROSS_VALIDATION`` and a resumed run reads the search from there (refused
+    with a ``ValueError`` when written for other settings, data or noise variance).
     """
     folder = None if work_dir is None else work_dir / CROSS_VALIDATION
-    done = None if folder is None else folder / "search.json"
-    if done is not None and done.exists():
-        return json.loads(done.read_text())
+    done = None if folder is None else folder / "search.pt"
+    fingerprint = {**_fingerprint(settings, y), "noise_variance": noise_variance}
+    saved = None if done is None else load(done, SEARCH_CHECKPOINT, fingerprint, rtol=1e-9)
+    if saved is not None:
+        return saved["search"]
     main = group is None or group.is_main
     if folder is not None and main:  # rank 0 alone writes (and judges) the checkpoints
         folder.mkdir(parents=True, exist_ok=True)
@@ -347,13 +350,13 @@ def cross_validate_prior_scale(
         data.A_held,
         data.y_held,
         rec.predict(),
-        n_samples=settings.em_samples or settings.samples,
+        n_samples=settings.samples_per_step,
         batch=settings.batch,
     )
     search.update(every=CROSS_VALIDATION_EVERY, projections=int(data.y_held.shape[0]))
     logger.info("cross-validated prior scale: %.3g times the weights'", search["chosen_factor"])
     if done is not None and main:
-        done.write_text(json.dumps(search))
+        save(done, SEARCH_CHECKPOINT, fingerprint, {"search": search})
     return search
 
 
@@ -467,7 +470,7 @@ def run(
                         A_held,
                         y_held,
                         mean,
-                        n_samples=settings.em_samples or settings.samples,
+                        n_samples=settings.samples_per_step,
                         batch=settings.batch,
                     )
                 moments = lap.moments(

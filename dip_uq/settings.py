@@ -123,6 +123,12 @@ class Settings:
             )
         self.solver_config()  # the solver settings are checked where they are defined
 
+    @property
+    def samples_per_step(self) -> int:
+        """Posterior samples per EM step and per candidate of a prior-scale search:
+        ``em_samples``, or ``samples`` where that is ``None``."""
+        return self.em_samples or self.samples
+
     def solver_config(self) -> SolverConfig:
         """The :class:`~dip_uq.laplace.SolverConfig` of the sampling solves."""
         return SolverConfig(

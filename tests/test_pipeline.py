@@ -217,3 +217,26 @@ def test_the_cross_validated_scale_is_the_second_fits_choice_applied_to_the_fit_
     assert len(fits) == 1
     np.testing.assert_array_equal(resumed.std, validated.std)
     assert not (work / pipeline.CROSS_VALIDATION).exists()  # finished: checkpoints removed
+
+
+def test_a_saved_prior_scale_search_is_reused_only_for_the_same_settings_and_noise(tmp_path):
+    scan = simulate_scan(size=16, angles=15, noise=0.02)
+    A = RayTransform(scan.volume, scan.geometry, backend="torch")
+    y = torch.as_tensor(scan.sinogram)
+    settings = Settings(**FAST, em_steps=1, em_samples=2)
+    cpu = torch.device("cpu")
+    first = pipeline.cross_validate_prior_scale(
+        A, y, settings, noise_variance=1e-4, device=cpu, work_dir=tmp_path
+    )
+    again = pipeline.cross_validate_prior_scale(
+        A, y, settings, noise_variance=1e-4, device=cpu, work_dir=tmp_path
+    )
+    assert again == first
+    with pytest.raises(ValueError, match=r"belongs to another run .*noise_variance"):
+        pipeline.cross_validate_prior_scale(
+            A, y, settings, noise_variance=2e-4, device=cpu, work_dir=tmp_path
+        )
+    with pytest.raises(ValueError, match=r"belongs to another run .*settings"):
+        pipeline.cross_validate_prior_scale(
+            A, y, replace(settings, samples=6), noise_variance=1e-4, device=cpu, work_dir=tmp_path
+        )
