@@ -219,12 +219,17 @@ def test_the_cross_validated_scale_is_the_second_fits_choice_applied_to_the_fit_
     assert not (work / pipeline.CROSS_VALIDATION).exists()  # finished: checkpoints removed
 
 
-def test_a_saved_prior_scale_search_is_reused_only_for_the_same_settings_and_noise(tmp_path):
+def test_a_saved_prior_scale_search_is_reused_only_for_the_same_settings_and_noise(
+    tmp_path, monkeypatch
+):
     scan = simulate_scan(size=16, angles=15, noise=0.02)
     A = RayTransform(scan.volume, scan.geometry, backend="torch")
     y = torch.as_tensor(scan.sinogram)
     settings = Settings(**FAST, em_steps=1, em_samples=2)
     cpu = torch.device("cpu")
+    fits = []
+    fit_dip = pipeline.fit_dip
+    monkeypatch.setattr(pipeline, "fit_dip", lambda *a, **k: fits.append(1) or fit_dip(*a, **k))
     first = pipeline.cross_validate_prior_scale(
         A, y, settings, noise_variance=1e-4, device=cpu, work_dir=tmp_path
     )
@@ -232,6 +237,7 @@ def test_a_saved_prior_scale_search_is_reused_only_for_the_same_settings_and_noi
         A, y, settings, noise_variance=1e-4, device=cpu, work_dir=tmp_path
     )
     assert again == first
+    assert len(fits) == 1  # the second call read the saved search, it fitted no DIP
     with pytest.raises(ValueError, match=r"belongs to another run .*noise_variance"):
         pipeline.cross_validate_prior_scale(
             A, y, settings, noise_variance=2e-4, device=cpu, work_dir=tmp_path
