@@ -163,9 +163,12 @@ def _print_summary(written: list[Path], result: Result, device: str) -> None:
     print(", ".join(parts))
     search = result.hyperparameters.get("prior_scale_search")
     if search and "every" in search:  # cross-validated
+        where = f"one in {search['every']}"
+        if search.get("held_out") == "ends and inside":
+            where = "half at the arc's ends, half inside"
         print(
             f"prior scale: {search['chosen_factor']:.2g} times the fitted weights', chosen by "
-            f"{search['projections']} projections (one in {search['every']}) a second fit left out"
+            f"{search['projections']} projections ({where}) a second fit left out"
         )
     if result.holdout:
         h = result.holdout
@@ -558,9 +561,9 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser, demo: bool) -> None:
         "--em-prior); 'holdout', the one that maximises the likelihood of the --holdout "
         "projections (the check is then no longer independent); 'cross-validated', the "
         f"factor on the weights' scale that a second DIP fit without every "
-        f"{CROSS_VALIDATION_EVERY}th projection finds best for them, applied to the fit to "
-        "all of them (a second DIP fit and 4-6 sets of --em-samples samples) "
-        "(default: %(default)s)",
+        f"{CROSS_VALIDATION_EVERY}th projection (of a limited arc: as many, half at its ends) "
+        "finds best for them, applied to the fit to all of them (a second DIP fit and 4-6 "
+        "sets of --em-samples samples) (default: %(default)s)",
     )
     p.add_argument(
         "--seed",

@@ -17,6 +17,11 @@ the image only through them: errors in directions that every projection sees (wh
 held-out angles see too) show, errors in the null space of the held-out angles do not. With
 a limited angular range the held-out angles lie inside the measured arc, so the missing
 wedge, the largest error of such a scan, is invisible to it.
+
+That is why the cross-validation of the prior's scale (:func:`cross_validation_indices`)
+holds out half of its projections at the two ends of a limited arc: a fit to the arc's
+middle is scored on projections just beyond what it saw, where the errors of a missing
+wedge start.
 """
 
 from __future__ import annotations
@@ -48,7 +53,9 @@ __all__ = [
     "check",
     "check_every",
     "choose_prior_scale",
+    "cross_validation_indices",
     "holdout_indices",
+    "largest_angular_gap",
     "predictive",
     "score",
     "split",
@@ -61,6 +68,11 @@ LEVELS = (0.5, 0.9)  # central intervals reported
 # scans the best of 1e-2 ... 1e1 (in half decades) lay between 1e-2 and 3.2, the held-out
 # likelihood smooth and single-peaked in log10 of the factor
 PRIOR_SCALE_DECADES = (-3, 2)
+# an arc is limited when its largest gap is this many times π / n_angles (the step of n
+# angles spread evenly over the half circle) and at least LIMITED_GAP_MIN radians: full
+# scans stay below, uneven (golden-angle: 1.4) or doubled on the half circle (360°: 2)
+LIMITED_GAP_STEPS = 4.0
+LIMITED_GAP_MIN = np.pi / 18
 
 
 def check_every(every: int) -> None:
@@ -93,6 +105,56 @@ def holdout_indices(n_angles: int, every: int) -> tuple[np.ndarray, np.ndarray]:
     return index[~held], index[held]
 
 
+def _directions(geometry: Geometry) -> np.ndarray:
+    """Each projection's angle (radians) in ``[0, π)``: of its ray direction (parallel) or
+    its source position (fan, cone) about the rotation axis (``z``). Modulo π for divergent
+    beams too: rays there return after half a turn plus the fan angle, so a 180° scan misses
+    only the fan's margin, not a wedge."""
+    vectors = geometry.vectors
+    return np.mod(np.arctan2(vectors[:, 1], vectors[:, 0]), np.pi)
+
+
+def largest_angular_gap(geometry: Geometry) -> tuple[float, int]:
+    """``(gap, after)``: the widest angular gap (radians) between neighbouring projections of
+    ``geometry`` on the half circle (:func:`_directions`), and the index of the projection
+    the arc starts at, right after that gap."""
+    directions = _directions(geometry)
+    order = np.argsort(directions, kind="stable")
+    steps = np.diff(np.append(directions[order], directions[order[0]] + np.pi))
+    widest = int(np.argmax(steps))
+    return float(steps[widest]), int(order[(widest + 1) % len(order)])
+
+
+def cross_validation_indices(geometry: Geometry, every: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """``(kept, held, where)``: the projection indices (ascending) a cross-validation fits and
+    scores, and ``where`` the held ones lie.
+
+    A scan whose angles cover the half circle holds out every ``every``-th projection
+    (:func:`holdout_indices`, ``where="interleaved"``). A limited arc (its largest gap is
+    :data:`LIMITED_GAP_STEPS` times ``π / n_angles`` and :data:`LIMITED_GAP_MIN` or more)
+    holds out as many, half of them at its two ends and the rest spread evenly inside
+    (``where="ends and inside"``): held-out angles inside the arc see what their neighbours
+    see, so alone they miss the missing wedge's errors, which a fit to a shorter arc makes
+    just beyond its ends; the ends alone miss the errors inside. On a 120° scan the factor
+    chosen was 0.12 with the held-out angles inside only (90 % coverage 0.82, TLL 5.69),
+    1.3 with the ends only (0.96, 5.84) and 0.63 with both (0.92, 5.95; the weights' scale:
+    0.95, 5.90).
+    """
+    kept, held = holdout_indices(geometry.n_angles, every)
+    gap, start = largest_angular_gap(geometry)
+    if gap < max(LIMITED_GAP_STEPS * np.pi / geometry.n_angles, LIMITED_GAP_MIN):
+        return kept, held, "interleaved"
+    directions = _directions(geometry)
+    along_arc = np.argsort(np.mod(directions - directions[start], np.pi), kind="stable")
+    n_ends = (len(held) + 1) // 2
+    first, last = (n_ends + 1) // 2, len(along_arc) - n_ends // 2
+    inside = along_arc[first:last]
+    n_inside = len(held) - n_ends  # evenly spaced, away from the ends held out already
+    spread = np.round(len(inside) * np.arange(1, n_inside + 1) / (n_inside + 1)).astype(int)
+    held = np.sort(np.concatenate([along_arc[:first], along_arc[last:], inside[spread]]))
+    return np.setdiff1d(np.arange(geometry.n_angles), held), held, "ends and inside"
+
+
 @dataclass
 class Data:
     """The measurements a run fits and the ones it holds out.
@@ -116,20 +178,29 @@ def split_scan(
     """The ray transforms and sinograms of the fit and of the check: with ``every`` (``K``)
     every K-th projection is held out (:func:`holdout_indices`); with 0 none is."""
     y = torch.as_tensor(scan.sinogram, device=device)
-    return _split(volume, scan.geometry, y, every, backend)
-
-
-def split(A: RayTransform, y: torch.Tensor, every: int) -> Data:
-    """:func:`split_scan` of measurements ``y`` (``A.range_shape``) already projected by ``A``."""
-    return _split(A.volume, A.geometry, y, every, A.backend) if every else Data(A, y)
-
-
-def _split(volume: Volume, geometry: Geometry, y: torch.Tensor, every: int, backend: str) -> Data:
-    """The projectors are built for the parts only (set-up costs time, ASTRA's memory)."""
     if not every:
-        return Data(RayTransform(volume, geometry, backend=backend), y)
+        return Data(RayTransform(volume, scan.geometry, backend=backend), y)
+    kept, held = holdout_indices(scan.geometry.n_angles, every)
+    return _split(volume, scan.geometry, y, kept, held, backend)
+
+
+def split(A: RayTransform, y: torch.Tensor, kept: np.ndarray, held: np.ndarray) -> Data:
+    """:class:`Data` of measurements ``y`` (``A.range_shape``, already projected by ``A``) into
+    the projections ``kept`` and ``held`` (indices, e.g. from :func:`cross_validation_indices`)."""
+    return _split(A.volume, A.geometry, y, kept, held, A.backend)
+
+
+def _split(
+    volume: Volume,
+    geometry: Geometry,
+    y: torch.Tensor,
+    kept: np.ndarray,
+    held: np.ndarray,
+    backend: str,
+) -> Data:
+    """The projectors are built for the parts only (set-up costs time, ASTRA's memory)."""
     parts = []
-    for indices in holdout_indices(geometry.n_angles, every):
+    for indices in (kept, held):
         part = RayTransform(volume, geometry[indices], backend=backend)
         parts += [part, y[torch.as_tensor(indices, device=y.device)]]
     return Data(*parts)

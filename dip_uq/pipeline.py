@@ -311,10 +311,12 @@ def cross_validate_prior_scale(
     """The factor on the prior's scale that the projections a fit did not see like best.
 
     A DIP fitted to all but every :data:`~dip_uq.settings.CROSS_VALIDATION_EVERY`-th
-    projection of ``y`` is linearised with the noise variance ``noise_variance`` (``σ_y²``,
-    that of the fit to all projections after its EM: the noise is the scan's, and a second
-    EM would cost as many samples again); then :func:`dip_uq.holdout.choose_prior_scale`
-    searches the factor on the weights' scale by the held-out projections' likelihood.
+    projection of ``y`` (of a limited arc as many, half of them at its ends:
+    :func:`dip_uq.holdout.cross_validation_indices`) is linearised with the noise variance
+    ``noise_variance`` (``σ_y²``, that of the fit to all projections after its EM: the
+    noise is the scan's, and a second EM would cost as many samples again); then
+    :func:`dip_uq.holdout.choose_prior_scale` searches the factor on the weights' scale by
+    the held-out projections' likelihood.
     Returns that search (``chosen_factor``, the factors tried and their held-out
     log-likelihoods). With ``work_dir`` the fit checkpoints into
     ``work_dir / CROSS_VALIDATION`` and a resumed run reads the search from there (refused
@@ -329,7 +331,8 @@ def cross_validate_prior_scale(
     main = group is None or group.is_main
     if folder is not None and main:  # rank 0 alone writes (and judges) the checkpoints
         folder.mkdir(parents=True, exist_ok=True)
-    data = holdout.split(A, y, CROSS_VALIDATION_EVERY)
+    kept, held, where = holdout.cross_validation_indices(A.geometry, CROSS_VALIDATION_EVERY)
+    data = holdout.split(A, y, kept, held)
     logger.info(
         "cross-validating the prior's scale: a DIP without %d of the %d projections",
         data.y_held.shape[0],
@@ -353,7 +356,7 @@ def cross_validate_prior_scale(
         n_samples=settings.samples_per_step,
         batch=settings.batch,
     )
-    search.update(every=CROSS_VALIDATION_EVERY, projections=int(data.y_held.shape[0]))
+    search.update(every=CROSS_VALIDATION_EVERY, projections=len(held), held_out=where)
     logger.info("cross-validated prior scale: %.3g times the weights'", search["chosen_factor"])
     if done is not None and main:
         save(done, SEARCH_CHECKPOINT, fingerprint, {"search": search})

@@ -21,6 +21,7 @@ def test_demo_runs_the_pipeline_scores_it_and_refuses_to_overwrite(tmp_path, cap
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "FBP PSNR" in printed and "DIP PSNR" in printed and "90% interval covers" in printed
+    assert "chosen by 2 projections (one in 5) a second fit left out" in printed
     with h5py.File(out / "reconstruction.h5") as f:
         mean, std, truth = f["mean"][()], f["std"][()], f["truth"][()]
         assert mean.shape == std.shape == truth.shape == (24, 24) and std.dtype == np.float32
@@ -38,6 +39,16 @@ def test_demo_runs_the_pipeline_scores_it_and_refuses_to_overwrite(tmp_path, cap
     err = capsys.readouterr().err
     assert err.startswith("dip-uq: error:") and "--overwrite" in err and err.count("\n") == 1
     assert (out / "run.json").read_bytes() == before
+
+
+def test_a_limited_arcs_cross_validation_holds_out_its_ends_too(tmp_path, capsys):
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--size", "24", "--angles", "12", "--arc", "90"]
+    assert main([*args, *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "2 projections (half at the arc's ends, half inside) a second fit left out" in printed
+    search = json.loads((out / "run.json").read_text())["hyperparameters"]["prior_scale_search"]
+    assert (search["held_out"], search["projections"]) == ("ends and inside", 2)
 
 
 def test_simulate_writes_a_scan_that_reconstruct_scores_against_its_truth(tmp_path, capsys):

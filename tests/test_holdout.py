@@ -31,6 +31,41 @@ def test_every_kth_projection_is_held_out():
         holdout.holdout_indices(10, 11)
 
 
+def test_cross_validation_holds_out_a_limited_arcs_ends_and_inside():
+    # 45 angles over 120°: of the 9 held out, the first 3 and the last 2 along the arc and 4
+    # spread inside, in any order of the angles and wherever the arc starts on the circle
+    angles = np.deg2rad(150 + np.linspace(0, 120, 45, endpoint=False))
+    order = np.random.default_rng(0).permutation(45)
+    geometry = du.ParallelBeam(angles[order], (16,))
+    kept, held, where = holdout.cross_validation_indices(geometry, 5)
+    assert where == "ends and inside"
+    assert sorted(order[held].tolist()) == [0, 1, 2, 11, 19, 27, 35, 43, 44]
+    assert sorted([*kept, *held]) == list(range(45))
+    gap, start = holdout.largest_angular_gap(geometry)
+    assert gap == pytest.approx(np.deg2rad(60 + 120 / 45)) and order[start] == 0
+    # a fan beam over 90° is limited as well: 2 + 1 at the ends of 30, 3 inside
+    fan = du.FanBeam(np.deg2rad(np.linspace(0, 90, 30)), (24,), 1.0, 50.0, 25.0)
+    _, held, where = holdout.cross_validation_indices(fan, 5)
+    assert (held.tolist(), where) == ([0, 1, 9, 16, 22, 29], "ends and inside")
+
+
+@pytest.mark.parametrize(
+    "angles_deg",
+    [
+        np.linspace(0, 180, 30, endpoint=False),  # parallel, half circle
+        np.linspace(0, 360, 36, endpoint=False),  # every direction twice
+        np.rad2deg(np.arange(40) * np.pi * (np.sqrt(5) - 1) / 2),  # golden angle
+        np.linspace(0, 165, 30),  # 15° short of the half circle: not a wedge worth the name
+    ],
+)
+def test_cross_validation_interleaves_on_a_full_scan(angles_deg):
+    geometry = du.ParallelBeam(np.deg2rad(angles_deg), (16,))
+    kept, held, where = holdout.cross_validation_indices(geometry, 5)
+    expected = holdout.holdout_indices(len(angles_deg), 5)
+    assert where == "interleaved"
+    assert (kept.tolist(), held.tolist()) == (expected[0].tolist(), expected[1].tolist())
+
+
 @pytest.fixture(scope="module")
 def tiny():
     """A 12² linearised DIP fitted to 6 of 8 parallel-beam angles; the other 2 held out."""

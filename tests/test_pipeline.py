@@ -200,7 +200,11 @@ def test_the_cross_validated_scale_is_the_second_fits_choice_applied_to_the_fit_
         A, y, settings, noise_variance=noise, device=torch.device("cpu"), work_dir=work
     )
     assert found == search
-    assert (search["every"], search["projections"]) == (CROSS_VALIDATION_EVERY, 3)
+    assert (search["every"], search["projections"], search["held_out"]) == (
+        CROSS_VALIDATION_EVERY,
+        3,
+        "interleaved",
+    )
     best = search["factors"][int(np.argmax(search["tll_per_pixel"]))]
     assert abs(np.log10(search["chosen_factor"] / best)) <= 0.5
     for block, variance in validated.hyperparameters["prior_variances"].items():
