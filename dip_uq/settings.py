@@ -57,9 +57,10 @@ class Settings:
             (:mod:`dip_uq.holdout`): a calibration check without a ground truth.
         prior_scale: ``"cross-validated"`` (default): after the DIP fitted to all
             projections and its EM, a second DIP fit leaves every
-            :data:`CROSS_VALIDATION_EVERY`-th projection out, and the factor on its weights'
-            scale that those projections' predictive likelihood likes best (searched within
-            :data:`dip_uq.holdout.PRIOR_SCALE_DECADES` by
+            :data:`CROSS_VALIDATION_EVERY`-th projection out (of a limited arc as many, half
+            of them at its ends: :func:`dip_uq.holdout.cross_validation_indices`), and the
+            factor on its weights' scale that those projections' predictive likelihood likes
+            best (searched within :data:`dip_uq.holdout.PRIOR_SCALE_DECADES` by
             :func:`dip_uq.holdout.best_decade`, at EM's noise variance) is applied to the
             weights' scale of the first (a second DIP fit and 4-6 sets of ``em_samples``
             samples; the ``holdout`` check, if asked for, stays independent of it).
