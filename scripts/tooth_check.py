@@ -89,7 +89,7 @@ def main() -> None:
     fig, axes = plt.subplots(1, 4, figsize=(16, 4))
     panels = (
         (reference.mean, "full-angle DIP (reference)"),
-        (result.mean, f"DIP, every {args.step}th angle of {args.arc:g}°"),
+        (result.mean, f"DIP, 1 in {args.step} angles of {args.arc:g}°"),
         (np.abs(error), "|error| against the reference"),
         (result.std, "std (linearised Laplace)"),
     )
