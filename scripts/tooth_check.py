@@ -81,6 +81,7 @@ def main() -> None:
     scores["psnr_sparse_vs_full_db"] = float(
         metrics.psnr(torch.as_tensor(result.mean), torch.as_tensor(reference.mean))
     )
+    scores["prior_scale_search"] = result.hyperparameters.get("prior_scale_search")
     scores["timings"] = {"reference": reference.timings, "sparse": result.timings}
     (out / "tooth_check.json").write_text(json.dumps(scores, indent=2))
     print(json.dumps(scores, indent=2))
