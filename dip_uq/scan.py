@@ -113,6 +113,17 @@ class Scan:
         changes.setdefault("metadata", dict(self.metadata))
         return dataclasses.replace(self, **changes)
 
+    def projections(self, index: Any, **changes: Any) -> Scan:
+        """A copy with the projections ``index`` selects (a slice or integer indices along the
+        angle axis) in ``sinogram``, ``geometry`` and ``angles_deg`` alike, and ``changes``
+        as in :meth:`replace`."""
+        return self.replace(
+            sinogram=self.sinogram[index],
+            geometry=self.geometry[index],
+            angles_deg=self.angles_deg[index],
+            **changes,
+        )
+
 
 # --------------------------------------------------------------------------------------------
 # checks of the arrays a scan holds (the readers use them too)

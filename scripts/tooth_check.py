@@ -54,12 +54,7 @@ def main() -> None:
     sparse = io.preprocess(full, angle_step=args.step)
     if args.arc < 180:  # a limited arc: the first ARC degrees of the kept projections
         angles = sparse.angles_deg
-        inside = np.flatnonzero(angles - angles.min() < args.arc + 1e-6)
-        sparse = sparse.replace(
-            sinogram=sparse.sinogram[inside],
-            geometry=sparse.geometry[inside],
-            angles_deg=angles[inside],
-        )
+        sparse = sparse.projections(np.flatnonzero(angles - angles.min() < args.arc + 1e-6))
     side = du.default_volume(full).extent[-1]
     volume = du.Volume((args.size, args.size), voxel_size=side / args.size)
     settings = pipeline.Settings()

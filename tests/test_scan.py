@@ -41,6 +41,17 @@ def test_replace_copies_the_mutable_fields():
     assert scan.metadata == {}
 
 
+def test_projections_selects_sinogram_geometry_and_angles_alike():
+    g = ParallelBeam(np.linspace(0, np.pi, 10, endpoint=False), (16,))
+    scan = Scan(np.arange(160.0).reshape(10, 16), g, notes=["read"])
+    for index in (slice(None, None, 3), np.array([1, 4, 8])):
+        part = scan.projections(index, notes=["part"])
+        np.testing.assert_array_equal(part.sinogram, scan.sinogram[index])
+        np.testing.assert_array_equal(part.geometry.angles, g.angles[index])
+        np.testing.assert_allclose(part.angles_deg, np.rad2deg(g.angles[index]))
+        assert part.notes == ["part"] and scan.notes == ["read"]
+
+
 def test_vector_geometry_angles():
     cone = ConeBeam(np.linspace(0, 2 * np.pi, 12, endpoint=False), (2, 8), 1.0, 40.0, 20.0)
     scan = Scan(np.zeros(cone.sino_shape), cone.to_vector_geometry())

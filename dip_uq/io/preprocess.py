@@ -443,10 +443,6 @@ def preprocess(
         raise ValueError(f"angle_step must be a positive integer, got {angle_step!r}")
     if angle_step > 1:
         n = out.n_angles
-        out = out.replace(
-            sinogram=out.sinogram[::angle_step],
-            geometry=out.geometry[::angle_step],
-            angles_deg=out.angles_deg[::angle_step],
-            notes=[*out.notes, f"kept every {angle_step}th of {n} projections"],
-        )
+        note = f"kept every {angle_step}th of {n} projections"
+        out = out.projections(slice(None, None, angle_step), notes=[*out.notes, note])
     return out
