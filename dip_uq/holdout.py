@@ -118,7 +118,11 @@ def largest_angular_gap(geometry: Geometry) -> tuple[float, int]:
     """``(gap, after)``: the widest angular gap (radians) between neighbouring projections of
     ``geometry`` on the half circle (:func:`_directions`), and the index of the projection
     the arc starts at, right after that gap."""
-    directions = _directions(geometry)
+    return _widest_gap(_directions(geometry))
+
+
+def _widest_gap(directions: np.ndarray) -> tuple[float, int]:
+    """:func:`largest_angular_gap` of projection ``directions`` (radians in ``[0, π)``)."""
     order = np.argsort(directions, kind="stable")
     steps = np.diff(np.append(directions[order], directions[order[0]] + np.pi))
     widest = int(np.argmax(steps))
@@ -141,10 +145,10 @@ def cross_validation_indices(geometry: Geometry, every: int) -> tuple[np.ndarray
     0.95, 5.90).
     """
     kept, held = holdout_indices(geometry.n_angles, every)
-    gap, start = largest_angular_gap(geometry)
+    directions = _directions(geometry)
+    gap, start = _widest_gap(directions)
     if gap < max(LIMITED_GAP_STEPS * np.pi / geometry.n_angles, LIMITED_GAP_MIN):
         return kept, held, "interleaved"
-    directions = _directions(geometry)
     along_arc = np.argsort(np.mod(directions - directions[start], np.pi), kind="stable")
     n_ends = (len(held) + 1) // 2
     first, last = (n_ends + 1) // 2, len(along_arc) - n_ends // 2
