@@ -10,14 +10,24 @@ The adjoint is the exact transpose of that sum: it calls the backward kernel of
 ``grid_sample`` directly, without a forward pass. Everything runs on any device and in
 float32 or float64.
 
-Memory is bounded by processing the projections in chunks whose sample points fit in
-``memory_budget`` bytes; the sample points are kept between calls (the same operator is
-applied thousands of times in a reconstruction) while they fit in ``cache_budget`` bytes.
+On the CPU the operator is stored as a sparse matrix where it fits in ``matrix_budget``
+bytes: the same sample points and interpolation weights, summed per (ray, voxel), as CSR
+matrices ``A`` and ``Aᵀ``, so that forward and adjoint are sparse matrix products (the same
+operator up to float rounding, ``Aᵀ`` its exact transpose). The same products by ray marching
+cost far more on a CPU: a 24³ cone beam with 24 projections (1.5 million non-zeros, 24 MB
+for both matrices), one thread: forward 24 / 87 / 267 ms for 1 / 8 / 32 volumes marched,
+2.8 / 4.3 / 9.2 ms as a matrix; adjoint 39 / 185 / 632 ms against 3.0 / 4.6 / 10.4 ms.
+Elsewhere (and on CUDA) memory is bounded by processing the projections in chunks whose
+sample points fit in ``memory_budget`` bytes; the sample points are kept between calls (the
+same operator is applied thousands of times in a reconstruction) while they fit in
+``cache_budget`` bytes.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -41,6 +51,9 @@ class TorchBackend:
         memory_budget: bytes of sample points and interpolated values per chunk.
         cache_budget: the sample points of all projections are cached between calls when
             they fit in this many bytes (per device and dtype); 0 disables the cache.
+        matrix_budget: on the CPU, the operator is stored as sparse matrices ``A`` and
+            ``Aᵀ`` when both fit in this many bytes (per dtype; a 24³ cone beam with 24
+            projections needs 24 MB, a 64³ one with 64 about 1.3 GB); 0: always ray-march.
     """
 
     name = "torch"
@@ -52,6 +65,7 @@ class TorchBackend:
         step: float | None = None,
         memory_budget: int = 256 * 2**20,
         cache_budget: int = 512 * 2**20,
+        matrix_budget: int = 2**31,
     ) -> None:
         if step is None:
             step = 0.5 if volume.ndim == 2 else 1.0
@@ -60,6 +74,7 @@ class TorchBackend:
         self.volume, self.geometry = volume, geometry
         self.step_length = step * min(volume.voxel_size)
         self.cache_budget = int(cache_budget)
+        self.matrix_budget = int(matrix_budget)
         ndim = volume.ndim
         center = np.array(volume.center[::-1])  # world order (x, y[, z])
         self._half_extent = np.array(volume.extent[::-1]) / 2
@@ -84,6 +99,8 @@ class TorchBackend:
         per_projection *= (2 * ndim + 3) * 4  # grid, temporaries, values of a batch group
         self._chunk = max(1, min(geometry.n_angles, int(memory_budget // per_projection)))
         self._cache: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+        # (A, Aᵀ) per dtype, or None where they do not fit matrix_budget
+        self._matrices: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor] | None] = {}
         self._constants: dict[tuple[torch.device, torch.dtype], dict[str, torch.Tensor]] = {}
 
     # ----------------------------------------------------------------------------------------
@@ -153,6 +170,85 @@ class TorchBackend:
         if len(kept) == len(chunks):
             self._cache[key] = kept
 
+    def _matrix_rows(
+        self, grid: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The matrix rows of the rays of ``grid`` (part of a chunk's, :meth:`_grid`) in CSR
+        form ``(row offsets, voxel indices, values)``: ``grid_sample``'s interpolation
+        weights (``zeros`` padding, ``align_corners=False``) times the step, summed per
+        voxel in float64."""
+        sizes = self.volume.shape[::-1]  # grid coordinates are (x, y[, z])
+        points = grid.reshape(-1, grid.shape[-2], grid.shape[-1]).double()
+        rays, n = points.shape[0], math.prod(sizes)
+        # voxel coordinates of every sample, ray by ray (M samples per ray)
+        index = torch.stack([((points[..., d] + 1) * size - 1) / 2 for d, size in enumerate(sizes)])
+        low = index.floor()
+        frac = index - low
+        ray = torch.arange(rays).repeat_interleave(points.shape[1])
+        keys, weights = [], []
+        for corner in itertools.product((0, 1), repeat=len(sizes)):
+            weight = torch.ones_like(frac[0])
+            voxel = torch.zeros_like(frac[0])
+            inside = torch.ones_like(frac[0], dtype=torch.bool)
+            for d in reversed(range(len(sizes))):  # z (slowest) to x (fastest)
+                at = low[d] + corner[d]
+                weight = weight * (frac[d] if corner[d] else 1 - frac[d])
+                inside &= (at >= 0) & (at < sizes[d])
+                voxel = voxel * sizes[d] + at
+            inside = (inside & (weight > 0)).reshape(-1)
+            keys.append((ray * n + voxel.reshape(-1).long())[inside])
+            weights.append(weight.reshape(-1)[inside])
+        key, where = torch.cat(keys).unique(return_inverse=True)
+        values = torch.zeros(key.numel(), dtype=torch.float64).index_add_(
+            0, where, torch.cat(weights)
+        )
+        crow = torch.searchsorted(key // n, torch.arange(rays + 1))
+        return crow, key % n, (values * self.step_length).to(dtype)
+
+    def _matrix(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(A, Aᵀ)`` as CSR matrices ``(m, n)`` and ``(n, m)`` with int32 indices, built
+        on first use; None when they would exceed ``matrix_budget`` (judged while they are
+        built, from the projections done so far)."""
+        if dtype in self._matrices:
+            return self._matrices[dtype]
+        self._matrices[dtype] = None
+        if self.matrix_budget <= 0:
+            return None
+        n, angles = math.prod(self.volume.shape), self.geometry.n_angles
+        bytes_per_entry = 2 * (4 + torch.empty((), dtype=dtype).element_size())  # A and Aᵀ
+        t = self._tensors(torch.device("cpu"), dtype)
+        crows, cols, values, entries = [torch.zeros(1, dtype=torch.long)], [], [], 0
+        for start in range(0, angles, self._chunk):
+            grid = self._grid(t, slice(start, start + self._chunk))
+            # rays at a time, so that the temporaries stay near 2**21 sample coordinates
+            rays = max(1, 2**21 // math.prod(grid.shape[2:]))
+            for part in grid.split(rays, dim=1):
+                crow, col, value = self._matrix_rows(part, dtype)
+                crows.append(crow[1:] + entries)
+                cols.append(col)
+                values.append(value)
+                entries += col.numel()
+            done = min(start + self._chunk, angles)
+            projected = entries * angles / done  # the projections are alike in size
+            if projected * bytes_per_entry > self.matrix_budget or projected >= 2**31:
+                return None  # (int32 indices)
+        with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
+            warnings.simplefilter("ignore", UserWarning)
+            m = angles * self._rays_per_projection
+            a = torch.sparse_csr_tensor(
+                torch.cat(crows).int(), torch.cat(cols).int(), torch.cat(values), (m, n)
+            )
+            csc = a.to_sparse_csc()
+            a_t = torch.sparse_csr_tensor(
+                csc.ccol_indices(), csc.row_indices(), csc.values(), (n, m)
+            )
+        self._matrices[dtype] = (a, a_t)
+        return self._matrices[dtype]
+
+    def _matrices_for(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The stored matrices for ``x``'s dtype, on the CPU only (CUDA ray-marches fast)."""
+        return self._matrix(x.dtype) if x.device.type == "cpu" else None
+
     def _batch_groups(self, tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
         # the batch rides in grid_sample's channel axis; groups bound the values per chunk
         return tensor.split(self.volume.ndim + 3)
@@ -160,6 +256,10 @@ class TorchBackend:
     # ----------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Line integrals: ``(B, *volume.shape) -> (B, *geometry.sino_shape)``."""
+        matrices = self._matrices_for(x)
+        if matrices is not None:
+            flat = (matrices[0] @ x.reshape(x.shape[0], -1).T).T
+            return flat.reshape(x.shape[0], *self.geometry.sino_shape)
         out = []
         for _, grid in self._grids(x.device, x.dtype):
             values = [
@@ -174,6 +274,10 @@ class TorchBackend:
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         """Exact transpose of :meth:`forward`: ``(B, *sino_shape) -> (B, *volume.shape)``."""
+        matrices = self._matrices_for(y)
+        if matrices is not None:
+            flat = (matrices[1] @ y.reshape(y.shape[0], -1).T).T
+            return flat.reshape(y.shape[0], *self.volume.shape)
         backward = (
             torch.ops.aten.grid_sampler_3d_backward
             if self.volume.ndim == 3

@@ -195,3 +195,20 @@ def test_cuda_matches_cpu(name):
     y = torch.randn(2, *A.range_shape)
     torch.testing.assert_close(A(x.cuda()).cpu(), A(x), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(A.adjoint(y.cuda()).cpu(), A.adjoint(y), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["fan", "cone"])
+def test_stored_matrix_is_the_ray_marched_operator(kind):
+    """On the CPU the operator is stored as sparse A and Aᵀ; they must be ray marching's
+    operator (to float64 rounding) and fall back to it when over the budget."""
+    marched = operator(kind, matrix_budget=0)
+    stored = operator(kind)
+    x = torch.randn(3, *marched.domain_shape, dtype=torch.float64)
+    y = torch.randn(3, *marched.range_shape, dtype=torch.float64)
+    torch.testing.assert_close(stored(x), marched(x), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(stored.adjoint(y), marched.adjoint(y), rtol=1e-10, atol=1e-10)
+    assert stored.impl._matrices[torch.float64] is not None
+    assert marched.impl._matrices[torch.float64] is None
+    tiny = operator(kind, matrix_budget=1)
+    torch.testing.assert_close(tiny(x), marched(x))
+    assert tiny.impl._matrices[torch.float64] is None
