@@ -53,7 +53,7 @@ class TorchBackend:
             they fit in this many bytes (per device and dtype); 0 disables the cache.
         matrix_budget: on the CPU, the operator is stored as sparse matrices ``A`` and
             ``Aᵀ`` when both fit in this many bytes (per dtype; a 24³ cone beam with 24
-            projections needs 24 MB, a 64³ one with 64 about 1.3 GB); 0: always ray-march.
+            projections needs 24 MB; a 64³ one with 64 fits the default); 0: always ray-march.
     """
 
     name = "torch"
