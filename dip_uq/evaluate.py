@@ -2,7 +2,7 @@
 
 A suite is a fixed, seeded list of :class:`Case` (phantom, geometry, angles, noise) and one
 :class:`dip_uq.pipeline.Settings` (iterations, samples, network width), run through the
-stages of :mod:`dip_uq.pipeline`, the ones ``dip-uq reconstruct`` runs. Every case is
+stages of :mod:`dip_uq.stages`, the ones ``dip-uq reconstruct`` runs. Every case is
 simulated by :func:`dip_uq.simulation.simulate_scan` (the phantom times ``SCAN_ATTENUATION``
 in 1/mm, Gaussian noise relative to ``mean |A x|``) and reconstructed by
 
@@ -14,7 +14,7 @@ in 1/mm, Gaussian noise relative to ``mean |A x|``) and reconstructed by
 * ``laplace-em``: the same after sample-based EM of the suite's settings (``small`` and
   ``full`` set ``em_prior``: the prior's scale and the noise variance; ``defaults`` runs the
   command's default: the noise alone from the g-prior, then the cross-validated factor on
-  the prior's scale, :func:`dip_uq.pipeline.cross_validate_prior_scale`),
+  the prior's scale, :func:`dip_uq.stages.cross_validate_prior_scale`),
 * ``laplace-holdout`` (with held-out projections only): the same with the prior scale that
   maximises the held-out projections' likelihood (:func:`dip_uq.holdout.choose_prior_scale`),
 * ``mc-dropout`` and ``sgld``: the baselines of :mod:`dip_uq.baselines`.
@@ -50,7 +50,7 @@ from typing import Any
 
 import torch
 
-from . import holdout, metrics, pipeline
+from . import holdout, metrics, stages
 from .noise import estimate_noise_sigma
 from .projector import RayTransform
 from .scan import Scan
@@ -255,10 +255,10 @@ def _laplace_outputs(
     held-out projections (``scale_by_holdout``) and after EM (the pipeline's stages);
     outputs by method name, and the EM history."""
     started = time.perf_counter()
-    rec = pipeline.fit_dip(data.A, data.y, settings, device=device, progress=progress)
+    rec = stages.fit_dip(data.A, data.y, settings, device=device, progress=progress)
     mean = rec.predict()
     dip_s = time.perf_counter() - started
-    lap = pipeline.linearise(rec, data.y, settings)
+    lap = stages.linearise(rec, data.y, settings)
 
     def draw(since: float) -> _Output:
         samples = lap.sample(settings.samples)
@@ -275,10 +275,10 @@ def _laplace_outputs(
         outputs[HOLDOUT_METHOD] = draw(started)
         lap.prior.variances = start  # EM starts where it would without the search
     started = time.perf_counter()
-    pipeline.fit_em(lap, settings, progress=progress)
+    stages.fit_em(lap, settings, progress=progress)
     if settings.prior_scale == "cross-validated":  # as the pipeline: a factor from a second fit
         noise = lap.noise_variance
-        search = pipeline.cross_validate_prior_scale(
+        search = stages.cross_validate_prior_scale(
             data.A, data.y, settings, noise_variance=noise, device=device, progress=progress
         )
         lap.prior.scale_variances(search["chosen_factor"])
@@ -290,7 +290,7 @@ def _baseline(
     A: RayTransform, y: torch.Tensor, settings: Settings, device: torch.device, progress: bool
 ) -> _Output:
     started = time.perf_counter()
-    result = pipeline.fit_baseline(A, y, settings, device=device, progress=progress)
+    result = stages.fit_baseline(A, y, settings, device=device, progress=progress)
     return _Output(
         result.mean, result.std, result.samples - result.mean, time.perf_counter() - started
     )

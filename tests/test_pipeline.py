@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dip_uq import RayTransform, pipeline
+from dip_uq import RayTransform, pipeline, stages
 from dip_uq.laplace import LinearisedLaplace, SolverConfig
 from dip_uq.pipeline import Settings
 from dip_uq.settings import CROSS_VALIDATION_EVERY
@@ -24,7 +24,7 @@ def fitted():
     A = RayTransform(scan.volume, scan.geometry, backend="torch")
     y = torch.as_tensor(scan.sinogram)
     settings = Settings(**FAST, em_steps=2)
-    rec = pipeline.fit_dip(A, y, settings, device=torch.device("cpu"))
+    rec = stages.fit_dip(A, y, settings, device=torch.device("cpu"))
     return rec, y, settings
 
 
@@ -76,10 +76,10 @@ def test_em_samples_set_the_samples_of_every_em_step(fitted, monkeypatch):
         return original(self, em_steps, n_samples, **kwargs)
 
     monkeypatch.setattr(LinearisedLaplace, "fit_hyperparameters", spy)
-    lap = pipeline.linearise(rec, y, settings)
-    pipeline.fit_em(lap, Settings(**{**FAST, "em_samples": 2}, em_steps=2))
+    lap = stages.linearise(rec, y, settings)
+    stages.fit_em(lap, Settings(**{**FAST, "em_samples": 2}, em_steps=2))
     assert seen == [(1, 2), (1, 2)]  # one checkpointable step per call
-    pipeline.fit_em(lap, Settings(**FAST, em_samples=None, em_steps=2))
+    stages.fit_em(lap, Settings(**FAST, em_samples=None, em_steps=2))
     assert seen[2:] == [(1, 4), (1, 4)]  # without em_samples: the samples of the std map
 
 
@@ -88,8 +88,8 @@ def test_em_interrupted_and_resumed_from_its_checkpoint_repeats_the_uninterrupte
 ):
     rec, y, settings = fitted
     fingerprint = {"case": "tiny", "em_steps": settings.em_steps}
-    reference = pipeline.linearise(rec, y, settings)
-    pipeline.fit_em(reference, settings)
+    reference = stages.linearise(rec, y, settings)
+    stages.fit_em(reference, settings)
 
     original = LinearisedLaplace.fit_hyperparameters
     calls = []
@@ -104,19 +104,19 @@ def test_em_interrupted_and_resumed_from_its_checkpoint_repeats_the_uninterrupte
     with monkeypatch.context() as m:
         m.setattr(LinearisedLaplace, "fit_hyperparameters", interrupt_second_step)
         with pytest.raises(KeyboardInterrupt):
-            pipeline.fit_em(
-                pipeline.linearise(rec, y, settings),
+            stages.fit_em(
+                stages.linearise(rec, y, settings),
                 settings,
                 checkpoint=checkpoint,
                 fingerprint=fingerprint,
             )
-    resumed = pipeline.linearise(rec, y, settings)
-    pipeline.fit_em(resumed, settings, checkpoint=checkpoint, fingerprint=fingerprint)
+    resumed = stages.linearise(rec, y, settings)
+    stages.fit_em(resumed, settings, checkpoint=checkpoint, fingerprint=fingerprint)
     assert resumed.history == reference.history
     assert resumed.prior.variances == reference.prior.variances
     with pytest.raises(ValueError, match="belongs to another run"):
-        pipeline.fit_em(
-            pipeline.linearise(rec, y, settings),
+        stages.fit_em(
+            stages.linearise(rec, y, settings),
             settings,
             checkpoint=checkpoint,
             fingerprint={**fingerprint, "case": "other"},
@@ -125,15 +125,15 @@ def test_em_interrupted_and_resumed_from_its_checkpoint_repeats_the_uninterrupte
 
 def test_hyperparameters_report_em_curves_only_after_em(fitted):
     rec, y, settings = fitted
-    lap = pipeline.linearise(rec, y, settings)
-    hyper, curves = pipeline.hyperparameters(lap, Settings(**FAST, em_steps=0))
+    lap = stages.linearise(rec, y, settings)
+    hyper, curves = stages.hyperparameters(lap, Settings(**FAST, em_steps=0))
     assert curves == {} and hyper["noise_variance"] == lap.noise_variance
-    pipeline.fit_em(lap, settings)
-    hyper, curves = pipeline.hyperparameters(lap, settings)
+    stages.fit_em(lap, settings)
+    hyper, curves = stages.hyperparameters(lap, settings)
     assert len(curves["EM noise variance σ_y²"]["σ_y²"]) == settings.em_steps + 1
     assert set(curves) == {"EM noise variance σ_y²"}  # the prior's variances were not fitted
     fitting_the_prior = replace(settings, em_prior=True, prior_scale="weights")
-    hyper, curves = pipeline.hyperparameters(lap, fitting_the_prior)
+    hyper, curves = stages.hyperparameters(lap, fitting_the_prior)
     assert set(curves["EM prior variances σ_b²"]) == {
         b.split("/", 1)[1] for b in hyper["history"] if b.startswith("prior_variance/")
     }
@@ -141,29 +141,29 @@ def test_hyperparameters_report_em_curves_only_after_em(fitted):
 
 def test_em_that_has_not_settled_is_reported_with_its_largest_change(fitted, caplog):
     rec, y, settings = fitted
-    lap = pipeline.linearise(rec, y, settings)
+    lap = stages.linearise(rec, y, settings)
     # a prior 1000 times too wide: the first EM step shrinks it by more than 10 %
     lap.prior.variances = {b: 1e3 * v for b, v in lap.prior.variances.items()}
     lap.history = {
         k: [v[0] * (1e3 if k.startswith("prior") else 1)] for k, v in lap.history.items()
     }
     with caplog.at_level("WARNING", logger="dip_uq"):
-        pipeline.fit_em(lap, Settings(**FAST, em_steps=1, em_prior=True, prior_scale="weights"))
+        stages.fit_em(lap, Settings(**FAST, em_steps=1, em_prior=True, prior_scale="weights"))
     [record] = [r for r in caplog.records if "EM has not settled" in r.getMessage()]
     message = record.getMessage()
     assert "prior_variance/" in message and "raise Settings.em_steps" in message
-    change = max(pipeline.em.last_change(lap.history).values())
-    assert f"by {100 * change:.0f}%" in message and change > pipeline.em.SETTLED_CHANGE
+    change = max(stages.em.last_change(lap.history).values())
+    assert f"by {100 * change:.0f}%" in message and change > stages.em.SETTLED_CHANGE
     caplog.clear()
     with caplog.at_level("WARNING", logger="dip_uq"):
-        pipeline.fit_em(pipeline.linearise(rec, y, settings), Settings(**FAST, em_steps=0))
+        stages.fit_em(stages.linearise(rec, y, settings), Settings(**FAST, em_steps=0))
     assert not [r for r in caplog.records if "EM has not settled" in r.getMessage()]
 
 
 def test_gprior_setting_reaches_the_posterior(fitted):
     rec, y, settings = fitted
-    assert pipeline.linearise(rec, y, Settings(**FAST, gprior=False)).prior.scale is None
-    lap = pipeline.linearise(rec, y, settings)  # the default
+    assert stages.linearise(rec, y, Settings(**FAST, gprior=False)).prior.scale is None
+    lap = stages.linearise(rec, y, settings)  # the default
     assert lap.prior.scale is not None and lap.prior.scale.shape == (lap.model.n_params,)
 
 
@@ -174,10 +174,10 @@ def test_the_mean_setting_picks_the_network_or_the_linear_models_posterior_mean(
     np.testing.assert_array_equal(network.std, linear.std)  # the same posterior
     A = RayTransform(scan.volume, scan.geometry, backend="auto")
     y = torch.as_tensor(scan.sinogram)
-    rec = pipeline.fit_dip(A, y, Settings(**FAST), device=torch.device("cpu"))
+    rec = stages.fit_dip(A, y, Settings(**FAST), device=torch.device("cpu"))
     np.testing.assert_array_equal(network.mean, rec.predict().numpy())
-    lap = pipeline.linearise(rec, y, Settings(**FAST, em_steps=1))
-    pipeline.fit_em(lap, Settings(**FAST, em_steps=1))
+    lap = stages.linearise(rec, y, Settings(**FAST, em_steps=1))
+    stages.fit_em(lap, Settings(**FAST, em_steps=1))
     np.testing.assert_allclose(linear.mean, lap.mean().numpy(), rtol=0, atol=1e-6)
     assert np.abs(linear.mean - network.mean).max() > 1e-3
 
@@ -196,7 +196,7 @@ def test_the_cross_validated_scale_is_the_second_fits_choice_applied_to_the_fit_
     work = tmp_path / "run"  # the search alone, kept as a resumed run finds it
     noise = validated.hyperparameters["noise_variance"]  # after EM, which precedes the search
     assert noise == weights.hyperparameters["noise_variance"]
-    found = pipeline.cross_validate_prior_scale(
+    found = stages.cross_validate_prior_scale(
         A, y, settings, noise_variance=noise, device=torch.device("cpu"), work_dir=work
     )
     assert found == search
@@ -215,12 +215,12 @@ def test_the_cross_validated_scale_is_the_second_fits_choice_applied_to_the_fit_
     with pytest.raises(ValueError, match=r"unfinished run \(cross-validation\)"):
         pipeline.run(scan, settings, work_dir=work)
     fits = []
-    fit_dip = pipeline.fit_dip
-    monkeypatch.setattr(pipeline, "fit_dip", lambda *a, **k: fits.append(1) or fit_dip(*a, **k))
+    fit_dip = stages.fit_dip
+    monkeypatch.setattr(stages, "fit_dip", lambda *a, **k: fits.append(1) or fit_dip(*a, **k))
     resumed = pipeline.run(scan, settings, work_dir=work, resume=True)
     assert len(fits) == 1
     np.testing.assert_array_equal(resumed.std, validated.std)
-    assert not (work / pipeline.CROSS_VALIDATION).exists()  # finished: checkpoints removed
+    assert not (work / stages.CROSS_VALIDATION).exists()  # finished: checkpoints removed
 
 
 def test_a_saved_prior_scale_search_is_reused_only_for_the_same_settings_and_noise(
@@ -232,21 +232,21 @@ def test_a_saved_prior_scale_search_is_reused_only_for_the_same_settings_and_noi
     settings = Settings(**FAST, em_steps=1, em_samples=2)
     cpu = torch.device("cpu")
     fits = []
-    fit_dip = pipeline.fit_dip
-    monkeypatch.setattr(pipeline, "fit_dip", lambda *a, **k: fits.append(1) or fit_dip(*a, **k))
-    first = pipeline.cross_validate_prior_scale(
+    fit_dip = stages.fit_dip
+    monkeypatch.setattr(stages, "fit_dip", lambda *a, **k: fits.append(1) or fit_dip(*a, **k))
+    first = stages.cross_validate_prior_scale(
         A, y, settings, noise_variance=1e-4, device=cpu, work_dir=tmp_path
     )
-    again = pipeline.cross_validate_prior_scale(
+    again = stages.cross_validate_prior_scale(
         A, y, settings, noise_variance=1e-4, device=cpu, work_dir=tmp_path
     )
     assert again == first
     assert len(fits) == 1  # the second call read the saved search, it fitted no DIP
     with pytest.raises(ValueError, match=r"belongs to another run .*noise_variance"):
-        pipeline.cross_validate_prior_scale(
+        stages.cross_validate_prior_scale(
             A, y, settings, noise_variance=2e-4, device=cpu, work_dir=tmp_path
         )
     with pytest.raises(ValueError, match=r"belongs to another run .*settings"):
-        pipeline.cross_validate_prior_scale(
+        stages.cross_validate_prior_scale(
             A, y, replace(settings, samples=6), noise_variance=1e-4, device=cpu, work_dir=tmp_path
         )

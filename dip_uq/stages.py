@@ -1,0 +1,337 @@
+"""The stages of a run, one function each: the DIP fit, its linearisation, EM, the
+cross-validated prior scale, and the baselines; :func:`dip_uq.pipeline.run` puts them in order.
+
+Each stage takes the run's :class:`~dip_uq.settings.Settings`; the ones that can be
+interrupted checkpoint to a file they are given and resume from it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from . import baselines, holdout
+from .checkpoint import load, save
+from .dip import DIP
+from .laplace import LinearisedLaplace, em
+from .laplace.distributed import share_fit
+from .networks import UNet
+from .projector import RayTransform
+from .settings import CROSS_VALIDATION_EVERY, Settings
+
+if TYPE_CHECKING:
+    from .laplace.distributed import DistContext
+
+__all__ = [
+    "CROSS_VALIDATION",
+    "CrossValidationFit",
+    "build_network",
+    "checkpoint_fingerprint",
+    "cross_validate_prior_scale",
+    "fit_baseline",
+    "fit_cross_validation",
+    "fit_dip",
+    "fit_em",
+    "hyperparameters",
+    "linearise",
+    "saved_search",
+]
+
+CROSS_VALIDATION = "cross-validation"  # the folder of the cross-validated prior scale's fit
+EM_CHECKPOINT = "dip_uq.pipeline EM checkpoint 1"
+SEARCH_CHECKPOINT = "dip_uq.pipeline prior-scale search 1"
+logger = logging.getLogger("dip_uq")
+
+
+def build_network(shape: tuple[int, ...], settings: Settings) -> UNet:
+    """The U-Net of every DIP fit of a run: ``UNet.default_for(shape)`` with the settings'
+    ``channels`` and ``scales``, seeded with ``settings.seed``."""
+    return UNet.default_for(
+        shape, scales=settings.scales, channels=settings.channels, seed=settings.seed
+    )
+
+
+def fit_baseline(
+    A: RayTransform,
+    y: torch.Tensor,
+    settings: Settings,
+    *,
+    device: torch.device,
+    progress: bool = False,
+) -> baselines.UQResult:
+    """The MC-dropout or SGLD DIP of ``settings.uq`` (:mod:`dip_uq.baselines`) on ``y``,
+    with the run's network, iterations, samples and seed."""
+    baseline = {"mcdropout": baselines.mc_dropout, "sgld": baselines.sgld}[settings.uq]
+    return baseline(
+        A,
+        y,
+        n_samples=settings.samples,
+        iterations=settings.iterations,
+        seed=settings.seed,
+        device=device,
+        progress=progress,
+        network=build_network(A.volume.shape, settings),
+    )
+
+
+def fit_dip(
+    A: RayTransform,
+    y: torch.Tensor,
+    settings: Settings,
+    *,
+    device: torch.device,
+    checkpoint: Path | None = None,
+    progress: bool = False,
+    group: DistContext | None = None,
+    check: Callable[[], None] | None = None,
+) -> DIP:
+    """Fit the deep image prior of a run to ``y`` (``A.range_shape``) and return it.
+
+    ``checkpoint`` is the DIP's checkpoint file (resumed when present). With a process
+    ``group`` rank 0 fits and the other ranks receive its fit. ``check`` is called after
+    every iteration (to abort the fit, it raises).
+    """
+    main = group is None or group.is_main
+    rec = DIP(
+        A,
+        iterations=settings.iterations,
+        seed=settings.seed,
+        device=device,
+        progress=progress,
+        network=build_network(A.volume.shape, settings),
+        checkpoint=checkpoint if main else None,
+    )
+    if main:
+        rec.fit(y, callback=None if check is None else lambda *_: check())
+    if group is not None:
+        share_fit(rec, group)  # the DIP is fitted once, on rank 0
+    return rec
+
+
+def linearise(
+    rec: DIP,
+    y: torch.Tensor,
+    settings: Settings,
+    *,
+    noise_variance: float | None = None,
+    group: DistContext | None = None,
+) -> LinearisedLaplace:
+    """The linearised-Laplace posterior of a fitted DIP at its initial hyperparameters.
+
+    ``y`` is the sinogram it was fitted to, given again because under ``torchrun`` only
+    rank 0 fitted (and holds ``rec.y``); ``noise_variance``: ``σ_y²`` (default the DIP's
+    estimate, see :class:`LinearisedLaplace`).
+    """
+    return LinearisedLaplace(
+        rec,
+        y=y,
+        noise_variance=noise_variance,
+        seed=settings.seed,
+        solver=settings.solver_config(),
+        group=group,
+        gprior=settings.gprior,
+    )
+
+
+def fit_em(
+    lap: LinearisedLaplace,
+    settings: Settings,
+    *,
+    checkpoint: Path | None = None,
+    fingerprint: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> None:
+    """``settings.em_steps`` steps of sample-based EM on ``lap``, checkpointed after each.
+
+    One step per call of :meth:`LinearisedLaplace.fit_hyperparameters`, so that a run resumed
+    from ``checkpoint`` (written by rank 0 of ``lap.group``) repeats an uninterrupted one;
+    ``fingerprint`` is what the checkpoint must match. Warns when EM has not settled.
+    """
+    from tqdm.auto import tqdm
+
+    main = lap.group is None or lap.group.is_main
+    done, fingerprint = 0, fingerprint or {}
+    state = None if checkpoint is None else load(checkpoint, EM_CHECKPOINT, fingerprint)
+    if state is not None:
+        lap.load_state_dict(state["laplace"])
+        done = state["em_steps_done"]
+    steps = range(done, settings.em_steps)
+    for step in tqdm(steps, desc="EM", disable=not progress or not steps):
+        lap.fit_hyperparameters(
+            1,
+            n_samples=settings.samples_per_step,
+            batch=settings.batch,
+            per_block=settings.em_per_block,
+            fit_noise=settings.fit_noise,
+            fit_prior=settings.em_prior,
+        )
+        if checkpoint is not None and main:
+            save(
+                checkpoint,
+                EM_CHECKPOINT,
+                fingerprint,
+                {"laplace": lap.state_dict(), "em_steps_done": step + 1},
+            )
+    unsettled = em.unsettled(lap.history)
+    if unsettled and main:
+        logger.warning("%s; the std may still be off: raise Settings.em_steps", unsettled)
+
+
+def hyperparameters(
+    lap: LinearisedLaplace, settings: Settings
+) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
+    """The hyperparameters ``lap`` ended with (for ``run.json``) and, after EM, the history
+    of what it fitted as report curves."""
+    history = lap.history
+    curves = {}
+    if settings.em_steps:  # without EM the "curves" would be single points
+        curves["EM noise variance σ_y²"] = {"σ_y²": np.asarray(history["noise_variance"])}
+    if settings.em_steps and settings.em_prior:  # else flat lines, before any scale factor
+        curves["EM prior variances σ_b²"] = {
+            name.split("/", 1)[1]: np.asarray(values)
+            for name, values in history.items()
+            if name.startswith("prior_variance/")
+        }
+    hyper = {
+        "noise_variance": lap.noise_variance,
+        "prior_variances": dict(lap.prior.variances),
+        "history": {k: list(map(float, v)) for k, v in history.items()},
+    }
+    return hyper, curves
+
+
+@dataclass
+class CrossValidationFit:
+    """The second fit of the cross-validated prior scale, ready for the search.
+
+    Attributes:
+        laplace: the linearisation of the DIP fitted to the kept projections, its
+            preconditioner built (noise variance: that DIP's own estimate until the search
+            sets the run's).
+        A_held: the ray transform of the held-out projections.
+        y_held: their measurements ``A_held.range_shape``.
+        mean: that DIP's reconstruction.
+        held_out: where the held-out projections lie (:func:`holdout.cross_validation_indices`).
+    """
+
+    laplace: LinearisedLaplace
+    A_held: RayTransform
+    y_held: torch.Tensor
+    mean: torch.Tensor
+    held_out: str
+
+
+def saved_search(work_dir: Path | None) -> bool:
+    """Whether ``work_dir`` holds a finished prior-scale search (which a resumed run reads)."""
+    return work_dir is not None and (work_dir / CROSS_VALIDATION / "search.pt").exists()
+
+
+def fit_cross_validation(
+    A: RayTransform,
+    y: torch.Tensor,
+    settings: Settings,
+    *,
+    device: torch.device,
+    work_dir: Path | None = None,
+    progress: bool = False,
+    group: DistContext | None = None,
+    check: Callable[[], None] = lambda: None,
+) -> CrossValidationFit:
+    """Fit a DIP to all but every :data:`~dip_uq.settings.CROSS_VALIDATION_EVERY`-th
+    projection of ``y`` (of a limited arc as many, half of them at its ends:
+    :func:`dip_uq.holdout.cross_validation_indices`), linearise it and build its
+    preconditioner: all of :func:`cross_validate_prior_scale` that does not need the noise
+    variance, so that it can run beside the fit to all projections. ``check`` is called
+    between the steps (to abort, it raises); with ``work_dir`` the DIP checkpoints into
+    ``work_dir / CROSS_VALIDATION``.
+    """
+    folder = None if work_dir is None else work_dir / CROSS_VALIDATION
+    if folder is not None and (group is None or group.is_main):  # rank 0 alone writes
+        folder.mkdir(parents=True, exist_ok=True)
+    kept, held, where = holdout.cross_validation_indices(A.geometry, CROSS_VALIDATION_EVERY)
+    data = holdout.split(A, y, kept, held)
+    logger.info(
+        "cross-validating the prior's scale: a DIP without %d of the %d projections",
+        data.y_held.shape[0],
+        y.shape[0],
+    )
+    rec = fit_dip(
+        data.A,
+        data.y,
+        settings,
+        device=device,
+        checkpoint=None if folder is None else folder / "dip-checkpoint.pt",
+        progress=progress,
+        group=group,
+        check=check,
+    )
+    check()
+    lap = linearise(rec, data.y, settings, group=group)
+    check()
+    lap.preconditioner()  # the search's samples share it; building it is most of the cost
+    return CrossValidationFit(lap, data.A_held, data.y_held, rec.predict(), where)
+
+
+def cross_validate_prior_scale(
+    A: RayTransform,
+    y: torch.Tensor,
+    settings: Settings,
+    *,
+    noise_variance: float,
+    device: torch.device,
+    work_dir: Path | None = None,
+    progress: bool = False,
+    group: DistContext | None = None,
+    fitted: CrossValidationFit | None = None,
+) -> dict[str, Any]:
+    """The factor on the prior's scale that the projections a fit did not see like best.
+
+    The second fit (:func:`fit_cross_validation`; ``fitted`` when it was run already) is
+    given the noise variance ``noise_variance`` (``σ_y²``, that of the fit to all
+    projections after its EM: the noise is the scan's, and a second EM would cost as many
+    samples again); then :func:`dip_uq.holdout.choose_prior_scale` searches the factor on
+    the weights' scale by the held-out projections' likelihood.
+    Returns that search (``chosen_factor``, the factors tried and their held-out
+    log-likelihoods). With ``work_dir`` the fit checkpoints into
+    ``work_dir / CROSS_VALIDATION`` and a resumed run reads the search from there (refused
+    with a ``ValueError`` when written for other settings, data or noise variance).
+    """
+    done = None if work_dir is None else work_dir / CROSS_VALIDATION / "search.pt"
+    stamp = {**checkpoint_fingerprint(settings, y), "noise_variance": noise_variance}
+    saved = None if done is None else load(done, SEARCH_CHECKPOINT, stamp, rtol=1e-9)
+    if saved is not None:
+        return saved["search"]
+    if fitted is None:
+        fitted = fit_cross_validation(
+            A, y, settings, device=device, work_dir=work_dir, progress=progress, group=group
+        )
+    lap = fitted.laplace
+    lap.noise_variance = noise_variance
+    search = holdout.choose_prior_scale(
+        lap,
+        fitted.A_held,
+        fitted.y_held,
+        fitted.mean,
+        n_samples=settings.samples_per_step,
+        batch=settings.batch,
+    )
+    search.update(
+        every=CROSS_VALIDATION_EVERY,
+        projections=int(fitted.y_held.shape[0]),
+        held_out=fitted.held_out,
+    )
+    logger.info("cross-validated prior scale: %.3g times the weights'", search["chosen_factor"])
+    if done is not None and (group is None or group.is_main):
+        save(done, SEARCH_CHECKPOINT, stamp, {"search": search})
+    return search
+
+
+def checkpoint_fingerprint(settings: Settings, y: torch.Tensor) -> dict[str, Any]:
+    """What must match for a checkpoint of the uncertainty stage to be reused."""
+    return {"settings": asdict(settings), "y_sum": float(y.double().sum()), "y_shape": [*y.shape]}
