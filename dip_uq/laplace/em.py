@@ -96,6 +96,7 @@ class Posterior(Protocol):
     group: DistContext | None
     noise_variance: float
     history: dict[str, list]
+    em_warm_starts: dict[tuple[int, int], torch.Tensor]
 
     @property
     def linear_data(self) -> torch.Tensor:
@@ -129,9 +130,10 @@ def fit_hyperparameters(
     See :meth:`LinearisedLaplace.fit_hyperparameters`, which calls this, for the arguments.
     """
     mine = batches(n_samples, batch, lap.group)
-    # warm starts, one per batch of ``mine`` (the same batches at every step of this call, so
-    # each sample starts from its own previous solution)
-    states: list[torch.Tensor | None] = [None] * len(mine)
+    # warm starts, one per batch of ``mine``, kept on ``lap`` across calls (the pipeline makes
+    # one step per call, to checkpoint it): each sample starts from its own previous solution,
+    # which after a small change of the hyperparameters is most of the way there
+    states = [lap.em_warm_starts.get(rows) for rows in mine]
     for _ in tqdm(range(em_steps), desc="EM", disable=not progress):
         stats = _statistics(lap, n_samples, mine, states)
         _update(
@@ -143,6 +145,7 @@ def fit_hyperparameters(
             fit_noise=fit_noise,
             fit_prior=fit_prior,
         )
+        lap.em_warm_starts.update(zip(mine, states, strict=True))
     return lap.history
 
 

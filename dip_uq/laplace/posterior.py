@@ -168,6 +168,8 @@ class LinearisedLaplace:
         for b in self.prior.blocks:
             self.history[f"prior_variance/{b}"] = [self.prior.variances[b]]
         self._mode_state: torch.Tensor | None = None  # CG warm start of the mode
+        # EM's warm starts by sample rows (start, stop): the previous step's dual solutions
+        self.em_warm_starts: dict[tuple[int, int], torch.Tensor] = {}
         # (rank, prior variances relative to the first block's, preconditioner) of the last
         # build
         self._preconditioner_built: tuple[int, dict, NystromPreconditioner] | None = None
@@ -503,13 +505,15 @@ class LinearisedLaplace:
         )
 
     def state_dict(self) -> dict[str, Any]:
-        """The hyperparameters, their :attr:`history` and the mode's warm start: what
-        :meth:`load_state_dict` needs to continue EM exactly where it stopped."""
+        """The hyperparameters, their :attr:`history` and the warm starts of the mode and of
+        EM's samples: what :meth:`load_state_dict` needs to continue EM exactly where it
+        stopped (under ``torchrun``, the samples of the rank that saves it)."""
         return {
             "noise_variance": self.noise_variance,
             "prior_variances": dict(self.prior.variances),
             "history": {k: list(v) for k, v in self.history.items()},
             "mode_state": None if self._mode_state is None else self._mode_state.cpu(),
+            "em_warm_starts": [(*rows, a.cpu()) for rows, a in self.em_warm_starts.items()],
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -524,6 +528,8 @@ class LinearisedLaplace:
         self.history = {k: list(v) for k, v in state["history"].items()}
         mode = state["mode_state"]
         self._mode_state = None if mode is None else mode.to(self.y.device)
+        warm = state.get("em_warm_starts", [])  # absent from older checkpoints
+        self.em_warm_starts = {(start, stop): a.to(self.y.device) for start, stop, a in warm}
 
     # -- dense references (tiny problems only) -----------------------------------------------
     def _dense_m(self) -> torch.Tensor:

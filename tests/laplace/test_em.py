@@ -102,6 +102,33 @@ def test_em_resumed_from_a_state_dict_repeats_the_uninterrupted_run(tiny):
         resumed.load_state_dict({**first.state_dict(), "prior_variances": {"x": 1.0}})
 
 
+def test_em_one_step_per_call_warm_starts_like_one_call_of_all_steps(tiny, monkeypatch):
+    """The pipeline's one step per call keeps each sample's previous solution as its start:
+    the same EM as one call, and a warm step needs fewer CG iterations than a cold one."""
+    parts, noise_variance = tiny
+    config = SolverConfig(iterations=1000, tolerance=1e-3, preconditioner_rank=8)
+    make = lambda: LinearisedLaplace(**parts, noise_variance=3 * noise_variance, solver=config)  # noqa: E731
+    together = make()
+    together.fit_hyperparameters(2, n_samples=4, batch=2, fit_noise=True)
+    iterations = []
+    solve = LinearisedLaplace._solve_dual
+
+    def counted(self, rhs, x0, **kwargs):
+        out = solve(self, rhs, x0, **kwargs)
+        if kwargs.get("padded", True):  # the samples' solves, not the mode's
+            iterations.append((x0 is not None, int(torch.as_tensor(out[2]["iterations"]).max())))
+        return out
+
+    monkeypatch.setattr(LinearisedLaplace, "_solve_dual", counted)
+    apart = make()
+    for _ in range(2):
+        apart.fit_hyperparameters(1, n_samples=4, batch=2, fit_noise=True)
+    assert apart.history == together.history
+    cold = [n for warm, n in iterations if not warm]
+    warm = [n for warm, n in iterations if warm]
+    assert len(cold) == len(warm) == 2 and max(warm) < min(cold)
+
+
 def test_em_keeps_prior_variances_within_bounds_when_the_solves_are_truncated(tiny, caplog):
     """Two CG iterations leave the samples near their prior draws: EM must neither blow the
     prior variances up beyond 100x their start nor produce non-finite values."""
