@@ -30,21 +30,24 @@ import torch
 __all__ = ["DEFAULT_RANKS", "NystromPreconditioner", "default_rank"]
 
 BASIS_BYTES = 2**30  # the most memory the default rank gives the float64 basis U
-DEFAULT_RANKS = (200, 600)  # the range of default_rank (below the memory bound)
+DEFAULT_RANKS = (400, 1200)  # the range of default_rank (below the memory bound)
 
 
 def default_rank(size: int) -> int:
-    """The default rank for ``size`` measurements: ``m / 32`` within :data:`DEFAULT_RANKS`, and at
+    """The default rank for ``size`` measurements: ``m / 8`` within :data:`DEFAULT_RANKS`, and at
     most what keeps ``U`` (float64) within :data:`BASIS_BYTES`.
 
-    Measured: the 2D demo's DIP (64², 2880 measurements) reaches a relative residual of
-    1e-3 in 64 CG iterations with rank 200; the 3D demo's (24³ cone beam, 20736
-    measurements, ``λ_1 / μ = 6.8e8``) keeps ``λ_200 = 9200 μ`` and stalls at 2e-2 after 150
-    iterations with rank 200, while rank 600 (``λ_600 = 400 μ``) reaches 7.5e-4 in 94.
-    The rank grows with the number of eigenvalues far above ``μ``, which grows with ``m``.
+    The rank trades its build (``2 r`` products) against the CG iterations of every batch of
+    samples (a run solves about ten: EM, the std map, the prior-scale search). Measured on
+    one thread, batches of 8 samples at the fitted prior scale: the 2D demo's DIP (64²,
+    2880 measurements) took 81 / 42 / 17 iterations (21.5 / 11.0 / 5.3 s) with rank 200 /
+    400 / 800, built in 17 / 31 / 56 s; the 3D demo's (24³ cone beam, 20736 measurements)
+    stopped at the 300-iteration cap (residual 1e-2, 137 s) with rank 600 (built in 76 s)
+    and reached 1e-3 in 169 (97 s) with rank 1200 (142 s). The rank grows with the number
+    of eigenvalues far above ``μ``, which grows with ``m``.
     """
     low, high = DEFAULT_RANKS
-    return max(1, min(high, max(low, size // 32), BASIS_BYTES // (8 * size)))
+    return max(1, min(high, max(low, size // 8), BASIS_BYTES // (8 * size)))
 
 
 @dataclass
