@@ -9,7 +9,10 @@ cross-validated prior scale's second DIP fit does not depend on the fit to all p
 so :func:`dip_uq.pipeline.run` fits both at once (:func:`beside`).
 
 A job's result is that of the same job run alone with the same thread count: each thread
-keeps its own count (OpenMP's is per thread) and the stages share no state.
+keeps its own count (OpenMP's is per thread) and the stages share no state. A job must not
+use forward-mode AD (``torch.func.jvp``, the linearisation) while the block may: PyTorch
+keeps its dual levels per process, and two threads entering them abort the process
+("Nested forward mode AD is not supported").
 """
 
 from __future__ import annotations

@@ -234,9 +234,9 @@ def _dip(
     hyperparameters, curves, held-out scores)`` of :func:`run`.
 
     The cross-validated prior scale's second DIP fit runs beside the fit to all projections
-    and its EM (:func:`dip_uq.background.beside`; one process, and not when a resumed run
-    finds its search done), each on half the threads; the search then waits for EM's noise
-    variance.
+    and its EM (:func:`dip_uq.background.beside`; on a CPU, in one process, and not when a
+    resumed run finds its search done), each on half the threads; its linearisation and search then
+    follow EM, on all threads.
     """
     laplace = settings.uq == "laplace"
     cross_validated = laplace and settings.prior_scale == "cross-validated"
@@ -249,7 +249,12 @@ def _dip(
         work_dir=work_dir,
         progress=progress,
     )
-    alongside = cross_validated and group is None and not stages.saved_search(work_dir)
+    alongside = (
+        cross_validated
+        and device.type == "cpu"  # measured on CPUs; on a GPU both would share one stream
+        and group is None
+        and not stages.saved_search(work_dir)
+    )
     curves: dict[str, dict[str, np.ndarray]] = {}
     with beside(lambda check: second_fit(check=check), enabled=alongside) as background:
         with _stage(timings, "dip_s"):

@@ -208,22 +208,17 @@ def hyperparameters(
 
 @dataclass
 class CrossValidationFit:
-    """The second fit of the cross-validated prior scale, ready for the search.
+    """The second DIP of the cross-validated prior scale, fitted to the kept projections.
 
     Attributes:
-        laplace: the linearisation of the DIP fitted to the kept projections, its
-            preconditioner built (noise variance: that DIP's own estimate until the search
-            sets the run's).
-        A_held: the ray transform of the held-out projections.
-        y_held: their measurements ``A_held.range_shape``.
-        mean: that DIP's reconstruction.
+        rec: the DIP.
+        data: the kept (``data.A``, ``data.y``) and held-out (``data.A_held``,
+            ``data.y_held``) projections.
         held_out: where the held-out projections lie (:func:`holdout.cross_validation_indices`).
     """
 
-    laplace: LinearisedLaplace
-    A_held: RayTransform
-    y_held: torch.Tensor
-    mean: torch.Tensor
+    rec: DIP
+    data: holdout.Data
     held_out: str
 
 
@@ -241,14 +236,15 @@ def fit_cross_validation(
     work_dir: Path | None = None,
     progress: bool = False,
     group: DistContext | None = None,
-    check: Callable[[], None] = lambda: None,
+    check: Callable[[], None] | None = None,
 ) -> CrossValidationFit:
     """Fit a DIP to all but every :data:`~dip_uq.settings.CROSS_VALIDATION_EVERY`-th
     projection of ``y`` (of a limited arc as many, half of them at its ends:
-    :func:`dip_uq.holdout.cross_validation_indices`), linearise it and build its
-    preconditioner: all of :func:`cross_validate_prior_scale` that does not need the noise
-    variance, so that it can run beside the fit to all projections. ``check`` is called
-    between the steps (to abort, it raises); with ``work_dir`` the DIP checkpoints into
+    :func:`dip_uq.holdout.cross_validation_indices`): the part of
+    :func:`cross_validate_prior_scale` that needs neither the noise variance nor
+    forward-mode AD (whose dual levels PyTorch keeps per process, not per thread), so that it
+    can run beside the fit to all projections and its EM. ``check`` is called after every
+    iteration (to abort, it raises); with ``work_dir`` the DIP checkpoints into
     ``work_dir / CROSS_VALIDATION``.
     """
     folder = None if work_dir is None else work_dir / CROSS_VALIDATION
@@ -271,11 +267,7 @@ def fit_cross_validation(
         group=group,
         check=check,
     )
-    check()
-    lap = linearise(rec, data.y, settings, group=group)
-    check()
-    lap.preconditioner()  # the search's samples share it; building it is most of the cost
-    return CrossValidationFit(lap, data.A_held, data.y_held, rec.predict(), where)
+    return CrossValidationFit(rec, data, where)
 
 
 def cross_validate_prior_scale(
@@ -292,8 +284,8 @@ def cross_validate_prior_scale(
 ) -> dict[str, Any]:
     """The factor on the prior's scale that the projections a fit did not see like best.
 
-    The second fit (:func:`fit_cross_validation`; ``fitted`` when it was run already) is
-    given the noise variance ``noise_variance`` (``σ_y²``, that of the fit to all
+    The second DIP (:func:`fit_cross_validation`; ``fitted`` when it was fitted already) is
+    linearised with the noise variance ``noise_variance`` (``σ_y²``, that of the fit to all
     projections after its EM: the noise is the scan's, and a second EM would cost as many
     samples again); then :func:`dip_uq.holdout.choose_prior_scale` searches the factor on
     the weights' scale by the held-out projections' likelihood.
@@ -311,19 +303,19 @@ def cross_validate_prior_scale(
         fitted = fit_cross_validation(
             A, y, settings, device=device, work_dir=work_dir, progress=progress, group=group
         )
-    lap = fitted.laplace
-    lap.noise_variance = noise_variance
+    data = fitted.data
+    lap = linearise(fitted.rec, data.y, settings, noise_variance=noise_variance, group=group)
     search = holdout.choose_prior_scale(
         lap,
-        fitted.A_held,
-        fitted.y_held,
-        fitted.mean,
+        data.A_held,
+        data.y_held,
+        fitted.rec.predict(),
         n_samples=settings.samples_per_step,
         batch=settings.batch,
     )
     search.update(
         every=CROSS_VALIDATION_EVERY,
-        projections=int(fitted.y_held.shape[0]),
+        projections=int(data.y_held.shape[0]),
         held_out=fitted.held_out,
     )
     logger.info("cross-validated prior scale: %.3g times the weights'", search["chosen_factor"])

@@ -168,8 +168,7 @@ class LinearisedLaplace:
         for b in self.prior.blocks:
             self.history[f"prior_variance/{b}"] = [self.prior.variances[b]]
         self._mode_state: torch.Tensor | None = None  # CG warm start of the mode
-        # EM's warm starts by sample rows (start, stop): the previous step's dual solutions
-        self.em_warm_starts: dict[tuple[int, int], torch.Tensor] = {}
+        self.em_warm_starts: dict[tuple[int, int], torch.Tensor] = {}  # by sample rows
         # (rank, prior variances relative to the first block's, preconditioner) of the last
         # build
         self._preconditioner_built: tuple[int, dict, NystromPreconditioner] | None = None
@@ -311,9 +310,8 @@ class LinearisedLaplace:
         index). CG and SGD solve the measurement-space system (Matheron's rule)
         ``u = u₀ + Mᵀ a``, ``(M Mᵀ + σ_y² I) a = σ_y e₀ - M u₀``; ``"exact"`` solves the
         weight-space system of the module docstring densely. ``x0`` warm-starts the solver
-        (``a``); the info dict returns the end point as ``"state"`` and the samples' base
-        noise ``u₀`` as ``"base"``.
-        """
+        (``a``); the info dict returns the end point as ``"state"`` and the base noise
+        ``u₀`` as ``"base"``."""
         if n_samples < 1:
             raise ValueError(f"n_samples must be at least 1, got {n_samples}")
         method = Method(self.solver.method if method is None else method)
@@ -331,10 +329,8 @@ class LinearisedLaplace:
         self, n_samples: int, *, method: Method | str | None = None, start: int = 0
     ) -> torch.Tensor:
         """Zero-mean image-space posterior samples ``J ζ_k``, shape ``(n_samples, *volume)``,
-        with global indices ``start, ..., start + n_samples - 1``.
-
-        Add the reconstruction (``mean``) to get samples of the image itself.
-        """
+        with global indices ``start, ..., start + n_samples - 1`` (add the reconstruction
+        to get samples of the image itself)."""
         u, info = self.sample_weights(n_samples, method=method, start=start)
         self.last_solve = info
         worst = float(info["residual"].max())
@@ -375,10 +371,9 @@ class LinearisedLaplace:
             batch: samples solved together (the solver's vectors grow with it, the products
                 go through the network in blocks of ``SolverConfig.product_rows`` whatever it is);
                 default an even share per rank, ``ceil(n_samples / world_size)``.
-            checkpoint: a directory of per-batch checkpoints, written and resumed from as
-                :func:`dip_uq.laplace.moments.accumulate` says; files written under other
-                settings (seed, solver, hyperparameters, shapes) are refused
-                (``ValueError``). They do not depend on the number of ranks.
+            checkpoint: a directory of per-batch checkpoints (:func:`~.moments.accumulate`);
+                files written under other settings (seed, solver, hyperparameters, shapes)
+                are refused (``ValueError``). They do not depend on the number of ranks.
             keep_samples: also return this rank's samples (kept in the checkpoint files
                 too), e.g. for :func:`dip_uq.metrics.patch_tll`.
             progress: show a progress bar over this rank's batches.
@@ -506,8 +501,7 @@ class LinearisedLaplace:
 
     def state_dict(self) -> dict[str, Any]:
         """The hyperparameters, their :attr:`history` and the warm starts of the mode and of
-        EM's samples: what :meth:`load_state_dict` needs to continue EM exactly where it
-        stopped (under ``torchrun``, the samples of the rank that saves it)."""
+        EM's samples: what :meth:`load_state_dict` needs to continue EM where it stopped."""
         return {
             "noise_variance": self.noise_variance,
             "prior_variances": dict(self.prior.variances),
@@ -529,7 +523,7 @@ class LinearisedLaplace:
         mode = state["mode_state"]
         self._mode_state = None if mode is None else mode.to(self.y.device)
         warm = state.get("em_warm_starts", [])  # absent from older checkpoints
-        self.em_warm_starts = {(start, stop): a.to(self.y.device) for start, stop, a in warm}
+        self.em_warm_starts = {(i, j): a.to(self.y.device) for i, j, a in warm}
 
     # -- dense references (tiny problems only) -----------------------------------------------
     def _dense_m(self) -> torch.Tensor:
