@@ -4,8 +4,9 @@ Every case runs in its own process, so peak memory is that case's alone (peak RS
 the CPU, ``torch.cuda.max_memory_allocated`` on CUDA). Each row carries a reference measured in
 the same process, because these machines are noisy:
 
-* torch backend: the bare ``grid_sample`` kernel over the same sample points (the wrapper's
-  overhead is ``FP / kernel``);
+* torch backend: on the CPU, the bare sparse product with the matrix it stores; on CUDA, the
+  bare ``grid_sample`` kernel over the same sample points (the wrapper's overhead is
+  ``FP / kernel``);
 * astra backend: the raw ASTRA call on the same data (``astra.create_sino`` on the CPU,
   ``astra.experimental.direct_FP3D`` on CUDA); overhead is ``FP / raw``.
 
@@ -70,6 +71,14 @@ def timed(fn, repeat: int, device: str) -> float:
 def reference(A: du.RayTransform, x: torch.Tensor, repeat: int, device: str) -> tuple[str, float]:
     """Time of the raw kernel the backend wraps, on the same data."""
     if A.backend == "torch":
+        matrices = A.impl._matrices_for(x)
+        if matrices is not None:  # the CPU path: one sparse product with the stored matrix
+            forward, flat = matrices[0], x.reshape(-1, 1)
+
+            def product():
+                forward @ flat
+
+            return "CSR matmul", timed(product, repeat, device)
         grids = [g for _, g in A.impl._grids(x.device, x.dtype)]
         volume = x[None, None]
 
