@@ -44,6 +44,8 @@ __all__ = [
 ]
 
 CROSS_VALIDATION = "cross-validation"  # the folder of the cross-validated prior scale's fit
+# the checkpoints' tags keep the module they were written by before the stages moved here,
+# so that runs started before still resume
 EM_CHECKPOINT = "dip_uq.pipeline EM checkpoint 1"
 SEARCH_CHECKPOINT = "dip_uq.pipeline prior-scale search 1"
 logger = logging.getLogger("dip_uq")
