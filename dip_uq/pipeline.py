@@ -22,10 +22,9 @@ from __future__ import annotations
 import math
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -235,20 +234,17 @@ def _dip(
 
     The cross-validated prior scale's second DIP fit runs beside the fit to all projections
     and its EM (:func:`dip_uq.background.beside`; on a CPU, in one process, and not when a
-    resumed run finds its search done), each on half the threads; its linearisation and search then
-    follow EM, on all threads.
+    resumed run finds its search done), each on half the threads; its linearisation and
+    search then follow EM, on all threads.
     """
     laplace = settings.uq == "laplace"
     cross_validated = laplace and settings.prior_scale == "cross-validated"
-    second_fit = partial(
-        stages.fit_cross_validation,
-        A,
-        y,
-        settings,
-        device=device,
-        work_dir=work_dir,
-        progress=progress,
-    )
+
+    def second_fit(check: Callable[[], None]) -> stages.CrossValidationFit:
+        return stages.fit_cross_validation(
+            A, y, settings, device=device, work_dir=work_dir, progress=progress, check=check
+        )
+
     alongside = (
         cross_validated
         and device.type == "cpu"  # measured on CPUs; on a GPU both would share one stream
@@ -256,7 +252,7 @@ def _dip(
         and not stages.saved_search(work_dir)
     )
     curves: dict[str, dict[str, np.ndarray]] = {}
-    with beside(lambda check: second_fit(check=check), enabled=alongside) as background:
+    with beside(second_fit, enabled=alongside) as background:
         with _stage(timings, "dip_s"):
             rec = stages.fit_dip(
                 A,

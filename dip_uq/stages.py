@@ -224,9 +224,15 @@ class CrossValidationFit:
     held_out: str
 
 
+def _search_file(work_dir: Path | None) -> Path | None:
+    """Where the prior-scale search of a run in ``work_dir`` is saved."""
+    return None if work_dir is None else work_dir / CROSS_VALIDATION / "search.pt"
+
+
 def saved_search(work_dir: Path | None) -> bool:
     """Whether ``work_dir`` holds a finished prior-scale search (which a resumed run reads)."""
-    return work_dir is not None and (work_dir / CROSS_VALIDATION / "search.pt").exists()
+    done = _search_file(work_dir)
+    return done is not None and done.exists()
 
 
 def fit_cross_validation(
@@ -296,7 +302,7 @@ def cross_validate_prior_scale(
     ``work_dir / CROSS_VALIDATION`` and a resumed run reads the search from there (refused
     with a ``ValueError`` when written for other settings, data or noise variance).
     """
-    done = None if work_dir is None else work_dir / CROSS_VALIDATION / "search.pt"
+    done = _search_file(work_dir)
     stamp = {**checkpoint_fingerprint(settings, y), "noise_variance": noise_variance}
     saved = None if done is None else load(done, SEARCH_CHECKPOINT, stamp, rtol=1e-9)
     if saved is not None:

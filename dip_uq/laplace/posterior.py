@@ -169,8 +169,7 @@ class LinearisedLaplace:
             self.history[f"prior_variance/{b}"] = [self.prior.variances[b]]
         self._mode_state: torch.Tensor | None = None  # CG warm start of the mode
         self.em_warm_starts: dict[tuple[int, int], torch.Tensor] = {}  # by sample rows
-        # (rank, prior variances relative to the first block's, preconditioner) of the last
-        # build
+        # (rank, prior variances relative to the first block's, preconditioner) of the last build
         self._preconditioner_built: tuple[int, dict, NystromPreconditioner] | None = None
 
     @staticmethod
@@ -371,9 +370,10 @@ class LinearisedLaplace:
             batch: samples solved together (the solver's vectors grow with it, the products
                 go through the network in blocks of ``SolverConfig.product_rows`` whatever it is);
                 default an even share per rank, ``ceil(n_samples / world_size)``.
-            checkpoint: a directory of per-batch checkpoints (:func:`~.moments.accumulate`);
-                files written under other settings (seed, solver, hyperparameters, shapes)
-                are refused (``ValueError``). They do not depend on the number of ranks.
+            checkpoint: a directory of per-batch checkpoints
+                (:func:`dip_uq.laplace.moments.accumulate`); files written under other settings
+                (seed, solver, hyperparameters, shapes) are refused (``ValueError``). They do
+                not depend on the number of ranks.
             keep_samples: also return this rank's samples (kept in the checkpoint files
                 too), e.g. for :func:`dip_uq.metrics.patch_tll`.
             progress: show a progress bar over this rank's batches.
