@@ -233,9 +233,9 @@ def _dip(
     hyperparameters, curves, held-out scores)`` of :func:`run`.
 
     The cross-validated prior scale's second DIP fit runs beside the fit to all projections
-    and its EM (:func:`dip_uq.background.beside`; on a CPU, in one process, and not when a
-    resumed run finds its search done), each on half the threads; its linearisation and
-    search then follow EM, on all threads.
+    (:func:`dip_uq.background.beside`; on a CPU, in one process, and not when a resumed run
+    finds its search done), each on half the threads; EM, the second fit's linearisation and
+    search, and the std map then follow on all threads.
     """
     laplace = settings.uq == "laplace"
     cross_validated = laplace and settings.prior_scale == "cross-validated"
@@ -264,20 +264,21 @@ def _dip(
                 group=group,
             )
             mean = rec.predict()
-        curves["DIP loss"] = {"loss": np.asarray(rec.history["loss"])}
-        if not laplace:
-            return mean, None, {}, curves, {}
-        with _stage(timings, "uncertainty_s"):
-            lap = stages.linearise(rec, y, settings, group=group)
-            stages.fit_em(
-                lap,
-                settings,
-                checkpoint=None if work_dir is None else work_dir / "em-checkpoint.pt",
-                fingerprint=stages.checkpoint_fingerprint(settings, y),
-                progress=progress,
-            )
         with _stage(timings, "cross_validation_s"):
             fitted = None if background is None else background.result()
+    curves["DIP loss"] = {"loss": np.asarray(rec.history["loss"])}
+    if not laplace:
+        return mean, None, {}, curves, {}
+    # after the fits, on all threads: batched Jacobian products do use a second thread
+    with _stage(timings, "uncertainty_s"):
+        lap = stages.linearise(rec, y, settings, group=group)
+        stages.fit_em(
+            lap,
+            settings,
+            checkpoint=None if work_dir is None else work_dir / "em-checkpoint.pt",
+            fingerprint=stages.checkpoint_fingerprint(settings, y),
+            progress=progress,
+        )
     search, held_out = {}, {}
     if cross_validated:  # a factor found by a second fit
         with _stage(timings, "cross_validation_s"):

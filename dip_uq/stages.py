@@ -251,7 +251,7 @@ def fit_cross_validation(
     :func:`dip_uq.holdout.cross_validation_indices`): the part of
     :func:`cross_validate_prior_scale` that needs neither the noise variance nor
     forward-mode AD (whose dual levels PyTorch keeps per process, not per thread), so that it
-    can run beside the fit to all projections and its EM. ``check`` is called after every
+    can run beside the fit to all projections. ``check`` is called after every
     iteration (to abort, it raises); with ``work_dir`` the DIP checkpoints into
     ``work_dir / CROSS_VALIDATION``.
     """

@@ -227,17 +227,23 @@ def test_the_cross_validated_scale_is_the_second_fits_choice_applied_to_the_fit_
 
 def test_the_second_fit_beside_the_first_gives_the_result_of_one_after_the_other(monkeypatch):
     """With two threads the cross-validation's DIP is fitted in the background, each fit on
-    one thread: the same fit to all projections as on one thread; EM, search and samples
-    agree to the round-off of the thread count (measured: 4e-5 in σ_y², which the search's
-    factor at its range end, 100, spreads to 0.4 % in single voxels of this 4-sample std)."""
+    one thread, and EM follows on both: the same fit to all projections as on one thread;
+    EM, search and samples agree to the round-off of the thread count (measured: 4e-5 in
+    σ_y², which the search's factor at its range end, 100, spreads to 0.4 % in single voxels
+    of this 4-sample std)."""
     scan = simulate_scan(size=16, angles=15, noise=0.02)
     settings = Settings(**FAST, em_steps=1, em_samples=2, prior_scale="cross-validated")
-    threads, where = torch.get_num_threads(), []
-    fit = stages.fit_cross_validation
+    threads, where, em_threads = torch.get_num_threads(), [], []
+    fit, fit_em = stages.fit_cross_validation, stages.fit_em
     monkeypatch.setattr(
         stages,
         "fit_cross_validation",
         lambda *a, **k: where.append(threading.current_thread().name) or fit(*a, **k),
+    )
+    monkeypatch.setattr(
+        stages,
+        "fit_em",
+        lambda *a, **k: em_threads.append(torch.get_num_threads()) or fit_em(*a, **k),
     )
     try:
         torch.set_num_threads(1)
@@ -247,6 +253,7 @@ def test_the_second_fit_beside_the_first_gives_the_result_of_one_after_the_other
     finally:
         torch.set_num_threads(threads)
     assert where == ["MainThread", "dip-uq background"]
+    assert em_threads == [1, 2]  # EM waits for the background fit and gets its thread back
     np.testing.assert_array_equal(beside.mean, after.mean)
     for name in ("noise_variance", "prior_scale_search"):
         a, b = (r.hyperparameters[name] for r in (after, beside))
