@@ -34,6 +34,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .laplace.moments import batches
+from .laplace.posterior import UNCONVERGED_FACTOR
+from .laplace.solvers import SolverConfig
 from .metrics import calibration_curve, coverage, gaussian_tll
 from .projector import RayTransform
 
@@ -402,7 +405,7 @@ def choose_prior_scale(
     """Multiply ``lap``'s prior variances by the factor that maximises the held-out
     projections' predictive log-likelihood; returns the search for ``run.json``
     (``factors`` tried and their ``tll_per_pixel``, ``chosen_factor``,
-    ``samples_per_candidate``).
+    ``samples_per_candidate``, and the ``worst_residual`` of every candidate's solves).
 
     A 1-D search by cross-validation over angles (:func:`best_decade`, factors
     ``10**decades[0]`` to ``10**decades[1]``): every candidate scales all block variances of
@@ -411,19 +414,25 @@ def choose_prior_scale(
     the DIP fit and, through the shared scale, the preconditioner.
     """
     start = dict(lap.prior.variances)
+    residuals: dict[float, float] = {}  # by candidate: the largest relative residual of its solves
 
     def tll(decade: float) -> float:
         lap.prior.variances = start
         lap.prior.scale_variances(10.0**decade)
-        moments = lap.moments(n_samples, batch=batch, keep_samples=True)
-        scores = check(
-            A_held, y_held, mean, moments.samples, lap.noise_variance, every=0, group=lap.group
-        )
+        parts = []
+        for first, stop in batches(n_samples, batch, lap.group):
+            # unconverged candidates are the search's to report (_report_unconverged)
+            parts.append(lap.sample(stop - first, start=first, warn=False))
+            worst = float(lap.last_solve["residual"].max())
+            residuals[decade] = max(residuals.get(decade, 0.0), worst)
+        samples = torch.cat(parts)
+        scores = check(A_held, y_held, mean, samples, lap.noise_variance, every=0, group=lap.group)
         return scores.tll
 
     best, seen = best_decade(tll, *decades)
     lap.prior.variances = start
     lap.prior.scale_variances(10.0**best)
+    _report_unconverged(seen, residuals, best, lap.solver)
     if not decades[0] < best < decades[1]:
         smallest = best <= decades[0]
         logger.warning(
@@ -439,4 +448,34 @@ def choose_prior_scale(
         "tll_per_pixel": [seen[e] for e in tried],
         "chosen_factor": 10.0**best,
         "samples_per_candidate": n_samples,
+        "worst_residual": [residuals[e] for e in tried],
     }
+
+
+def _report_unconverged(
+    seen: dict[float, float], residuals: dict[float, float], best: float, solver: SolverConfig
+) -> None:
+    """Warn when a candidate whose samples stopped above ten times the solver's tolerance is
+    one the choice rests on (the best scored and its scored neighbours, which place the
+    parabola's top); note the others. Such samples stay close to the prior, which widens
+    that candidate's predictive and lowers its held-out likelihood."""
+    limit = UNCONVERGED_FACTOR * solver.tolerance
+    off = sorted(e for e in seen if residuals[e] > limit)
+    if not off:
+        return
+    scored = sorted(seen)
+    top = scored.index(max(scored, key=seen.__getitem__))
+    rests_on = any(e in off for e in scored[max(top - 1, 0) : top + 2])
+    (logger.warning if rests_on else logger.info)(
+        "prior-scale search: the samples of the candidate factor%s %s stopped at relative "
+        "residuals up to %.1e (tolerance %.0e, at most %d iterations): %s",
+        "s" if len(off) > 1 else "",
+        ", ".join(f"{10.0**e:.3g}" for e in off),
+        max(residuals[e] for e in off),
+        solver.tolerance,
+        solver.iterations,
+        f"the chosen factor {10.0**best:.3g} rests on their held-out likelihood, which is "
+        "uncertain (raise --cg-iterations)"
+        if rests_on
+        else "the chosen factor does not rest on them",
+    )

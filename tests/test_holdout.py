@@ -4,6 +4,7 @@ dense exact predictive of a tiny problem; they never enter the fit; bad input.""
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import numpy as np
@@ -208,6 +209,42 @@ def test_the_prior_scale_is_chosen_by_the_held_out_likelihood(tiny):
         pipeline.Settings(prior_scale="holdout")
     with pytest.raises(ValueError, match="chooses the scale EM would fit"):
         pipeline.Settings(prior_scale="holdout", holdout=4, em_steps=2, em_prior=True)
+
+
+def test_the_search_reports_unconverged_candidates_itself(tiny, caplog):
+    """Capped at 2 CG iterations candidates stop unconverged: the search says so once, in its own
+    words and with every candidate's residual in its result, instead of the sampler's
+    warning per candidate (which told the user to raise the cap for samples of a factor
+    the std map never uses)."""
+    lap, A_held, y_held = tiny
+    start, solver = dict(lap.prior.variances), lap.solver
+    lap.solver = SolverConfig(**{**vars(solver), "iterations": 2})
+    try:
+        with caplog.at_level(logging.INFO, logger="dip_uq"):
+            search = holdout.choose_prior_scale(
+                lap, A_held, y_held, lap.model.image_star, n_samples=8
+            )
+    finally:
+        lap.solver, lap.prior.variances = solver, start  # the fixture is shared
+    assert len(search["worst_residual"]) == len(search["factors"])
+    assert max(search["worst_residual"]) > 10 * solver.tolerance
+    messages = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert not [m for _, m in messages if m.startswith("posterior samples")]
+    reports = [(level, m) for level, m in messages if m.startswith("prior-scale search")]
+    assert len(reports) == 1 and reports[0][0] == logging.WARNING
+    assert "raise --cg-iterations" in reports[0][1]
+
+
+@pytest.mark.parametrize("off, level", [(0.5, logging.WARNING), (2.0, logging.INFO)])
+def test_an_unconverged_candidate_is_a_warning_only_where_the_choice_rests_on_it(
+    off, level, caplog
+):
+    seen = {-1.0: 1.0, 0.0: 3.0, 0.5: 2.5, 1.0: 2.0, 2.0: 0.0}  # the top, 0, and 0.5 beside
+    residuals = {e: 5e-2 if e == off else 1e-4 for e in seen}
+    with caplog.at_level(logging.INFO, logger="dip_uq"):
+        holdout._report_unconverged(seen, residuals, 0.1, SolverConfig())
+    (record,) = caplog.records
+    assert record.levelno == level and f"factor {10.0**off:.3g} stopped" in record.getMessage()
 
 
 def test_the_command_line_reports_the_check_and_refuses_bad_k(tmp_path, capsys):

@@ -66,7 +66,7 @@ _SEED_STRIDE = 1_000_003  # mixes (seed, sample index) into one generator seed
 # warning: float32 CG may stop a row on a breakdown a little above the tolerance (2e-3
 # measured), harmless, while 100 iterations of the earlier plain-sketch preconditioner
 # (residual ~5e-2) left the 24³ demo's std five times the converged one
-_UNCONVERGED_FACTOR = 10.0
+UNCONVERGED_FACTOR = 10.0
 logger = logging.getLogger("dip_uq")
 
 
@@ -84,19 +84,18 @@ class LinearisedLaplace:
         operator: the ray transform ``A``.
         y: the measured sinogram ``geometry.sino_shape``; given with ``rec``, it replaces
             ``rec.y``.
-        noise_variance: initial ``σ_y²``; default, with a fitted DIP, the square of its noise
-            estimate ``rec.noise_sigma`` (from the data's own consistency, see
-            :func:`dip_uq.noise.estimate_noise_sigma`), else the fit's residual
+        noise_variance: initial ``σ_y²``; default ``rec.noise_sigma²`` (the data's own
+            consistency, :func:`dip_uq.noise.estimate_noise_sigma`), else the fit's residual
             ``||A f(θ*) - y||² / m`` (an underestimate where the DIP overfits).
         prior_variance: initial ``σ_b²`` (a number or per block); default, per block,
             ``θ*_bᵀ K_b⁻¹ θ*_b / n_b``, the scale of the fitted weights.
         lengthscale: Matérn-½ length scale ``ℓ_b`` in taps (fixed).
         gprior: scale every weight's prior by ``diag(Jᵀ Aᵀ A J)^{-1/2}``
-            (:mod:`dip_uq.laplace.gprior`) before the block variances are set (default).
-            On 11 seeded scans (2D parallel and fan, 3D cone; 32-channel U-Nets) it raised
-            the 90 % coverage where the std was too narrow (0.69–0.81 → 0.80–0.90) and kept
-            it at 0.92–1.0 elsewhere: median 0.92 against 0.88, mean test log-likelihood
-            5.73 against 5.46 nats per voxel. ``False``: the plain block-wise prior.
+            (:mod:`dip_uq.laplace.gprior`) before the block variances are set (default). On
+            11 seeded scans (2D parallel and fan, 3D cone; 32 channels) it raised the 90 %
+            coverage where the std was too narrow (0.69–0.81 → 0.80–0.90), kept it at
+            0.92–1.0 elsewhere (median 0.92 against 0.88, mean TLL 5.73 against 5.46 nats
+            per voxel). ``False``: the plain block-wise prior.
         seed: seed of the sample generators.
         solver: :class:`SolverConfig` for samples (and, with CG, for the mode).
         chunk: vectors per batched Jacobian product; by default sized from the network's
@@ -325,15 +324,20 @@ class LinearisedLaplace:
             return u0 + u, {**info, "state": a, "base": u0}
 
     def sample(
-        self, n_samples: int, *, method: Method | str | None = None, start: int = 0
+        self,
+        n_samples: int,
+        *,
+        method: Method | str | None = None,
+        start: int = 0,
+        warn: bool = True,
     ) -> torch.Tensor:
-        """Zero-mean image-space posterior samples ``J ζ_k``, shape ``(n_samples, *volume)``,
-        with global indices ``start, ..., start + n_samples - 1`` (add the reconstruction
-        to get samples of the image itself)."""
+        """Zero-mean image-space posterior samples ``J ζ_k`` ``(n_samples, *volume)`` with
+        global indices ``start, ...`` (add the reconstruction to get image samples); ``warn``
+        when a solve stopped above ten times the tolerance (its info: ``last_solve``)."""
         u, info = self.sample_weights(n_samples, method=method, start=start)
         self.last_solve = info
         worst = float(info["residual"].max())
-        if worst > _UNCONVERGED_FACTOR * self.solver.tolerance:
+        if warn and worst > UNCONVERGED_FACTOR * self.solver.tolerance:
             logger.warning(
                 "posterior samples %d-%d: the solver stopped after %d iterations at relative "
                 "residuals up to %.1e (tolerance %.0e); unconverged samples stay close to the "
@@ -471,20 +475,16 @@ class LinearisedLaplace:
                 ``0, ..., n_samples - 1``, warm-started from the previous step's.
             batch: samples solved together, as in :meth:`moments` (default
                 ``ceil(n_samples / world_size)``).
-            per_block: update every block's ``σ_b²`` on its own instead of one factor on all
-                of them (the default: the blocks keep the relative scales of the fitted
-                weights; :mod:`dip_uq.laplace.em` says why).
+            per_block: update every block's ``σ_b²`` on its own, not one factor on all (the
+                default keeps the fitted weights' relative scales; the em module says why).
             fit_noise: also update ``σ_y²``; by default it keeps its value (with a DIP, the
                 DIP's noise estimate; :mod:`dip_uq.laplace.em` says why).
-            fit_prior: update the prior variances (default); ``False`` with ``fit_noise``
-                fits the noise variance alone.
+            fit_prior: update the prior variances (default; ``False``: the noise alone).
             progress: show a progress bar over the steps.
 
         With :attr:`group`, each rank draws its share of the batches, rank 0 alone solves for
-        the mode, and one all-reduce per step gathers the statistics, so every rank makes the
-        same M-step and holds the same hyperparameters and history: the same, bit for bit,
-        as one process with any ``batch`` (:mod:`dip_uq.laplace.em` says how).
-
+        the mode, and one all-reduce per step gathers the statistics: every rank makes the
+        same M-step as one process with any ``batch``, bit for bit (:mod:`~dip_uq.laplace.em`).
         Returns :attr:`history`: every hyperparameter, the effective dimensions ``γ_b`` and the
         data residual per step (index 0 is the initial value).
         """
