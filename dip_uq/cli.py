@@ -20,6 +20,7 @@ import torch
 
 from . import __version__
 from .evaluate import HOLDOUT_METHOD, SUITE_METHODS, SUITES, markdown_table, run_suite
+from .holdout import ENDS_AND_INSIDE
 from .laplace.preconditioner import DEFAULT_RANKS
 from .settings import CROSS_VALIDATION_EVERY, MEANS, METHODS, PRIOR_SCALES, UQ_METHODS, Settings
 from .simulation import PHANTOMS, SCAN_GEOMETRIES
@@ -164,7 +165,7 @@ def _print_summary(written: list[Path], result: Result, device: str) -> None:
     search = result.hyperparameters.get("prior_scale_search")
     if search and "every" in search:  # cross-validated
         where = f"one in {search['every']}"
-        if search.get("held_out") == "ends and inside":
+        if search.get("held_out") == ENDS_AND_INSIDE:
             where = "half at the arc's ends, half inside"
         print(
             f"prior scale: {search['chosen_factor']:.2g} times the fitted weights', chosen by "

@@ -48,6 +48,8 @@ if TYPE_CHECKING:
     from .scan import Scan
 
 __all__ = [
+    "ENDS_AND_INSIDE",
+    "INTERLEAVED",
     "LEVELS",
     "PRIOR_SCALE_DECADES",
     "Data",
@@ -67,6 +69,8 @@ __all__ = [
 
 logger = logging.getLogger("dip_uq")
 LEVELS = (0.5, 0.9)  # central intervals reported
+# where cross_validation_indices holds projections out: of a full scan, of a limited arc
+INTERLEAVED, ENDS_AND_INSIDE = "interleaved", "ends and inside"
 # the range of choose_prior_scale's factors on the starting variances, in decades: on seven
 # scans the best of 1e-2 ... 1e1 (in half decades) lay between 1e-2 and 3.2, the held-out
 # likelihood smooth and single-peaked in log10 of the factor
@@ -137,10 +141,10 @@ def cross_validation_indices(geometry: Geometry, every: int) -> tuple[np.ndarray
     scores, and ``where`` the held ones lie.
 
     A scan whose angles cover the half circle holds out every ``every``-th projection
-    (:func:`holdout_indices`, ``where="interleaved"``). A limited arc (its largest gap is
+    (:func:`holdout_indices`, ``where=INTERLEAVED``). A limited arc (its largest gap is
     :data:`LIMITED_GAP_STEPS` times ``π / n_angles`` and :data:`LIMITED_GAP_MIN` or more)
     holds out as many, half of them at its two ends and the rest spread evenly inside
-    (``where="ends and inside"``): held-out angles inside the arc see what their neighbours
+    (``where=ENDS_AND_INSIDE``): held-out angles inside the arc see what their neighbours
     see, so alone they miss the missing wedge's errors, which a fit to a shorter arc makes
     just beyond its ends; the ends alone miss the errors inside. On a 120° scan the factor
     chosen was 0.12 with the held-out angles inside only (90 % coverage 0.82, TLL 5.69),
@@ -151,7 +155,7 @@ def cross_validation_indices(geometry: Geometry, every: int) -> tuple[np.ndarray
     directions = _directions(geometry)
     gap, start = _widest_gap(directions)
     if gap < max(LIMITED_GAP_STEPS * np.pi / geometry.n_angles, LIMITED_GAP_MIN):
-        return kept, held, "interleaved"
+        return kept, held, INTERLEAVED
     along_arc = np.argsort(np.mod(directions - directions[start], np.pi), kind="stable")
     n_ends = (len(held) + 1) // 2
     first, last = (n_ends + 1) // 2, len(along_arc) - n_ends // 2
@@ -159,7 +163,7 @@ def cross_validation_indices(geometry: Geometry, every: int) -> tuple[np.ndarray
     n_inside = len(held) - n_ends  # evenly spaced, away from the ends held out already
     spread = np.round(len(inside) * np.arange(1, n_inside + 1) / (n_inside + 1)).astype(int)
     held = np.sort(np.concatenate([along_arc[:first], along_arc[last:], inside[spread]]))
-    return np.setdiff1d(np.arange(geometry.n_angles), held), held, "ends and inside"
+    return np.setdiff1d(np.arange(geometry.n_angles), held), held, ENDS_AND_INSIDE
 
 
 @dataclass

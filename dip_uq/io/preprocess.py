@@ -443,6 +443,6 @@ def preprocess(
         raise ValueError(f"angle_step must be a positive integer, got {angle_step!r}")
     if angle_step > 1:
         n = out.n_angles
-        note = f"kept every {angle_step}th of {n} projections"
+        note = f"kept one in {angle_step} of {n} projections"
         out = out.projections(slice(None, None, angle_step), notes=[*out.notes, note])
     return out
