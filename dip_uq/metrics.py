@@ -440,8 +440,8 @@ def summary(
         ``{name: value}`` as above, plain floats.
 
     >>> row = summary(torch.zeros(2, 2), torch.tensor([[0.0, 1.0], [0.0, 1.0]]))
-    >>> round(row["psnr"], 2), row["rmse"], math.isnan(row["ssim"]), math.isnan(row["tll_1"])
-    (3.01, 0.7071067811865476, True, True)
+    >>> round(row["psnr"], 2), round(row["rmse"], 9), math.isnan(row["ssim"]), row["tll_1"]
+    (3.01, 0.707106781, True, nan)
     """
     values = _levels(levels)
     if isinstance(tll_patch, bool) or not isinstance(tll_patch, (int, np.integer)) or tll_patch < 1:
