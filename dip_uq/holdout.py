@@ -35,8 +35,7 @@ import numpy as np
 import torch
 
 from .laplace.moments import batches
-from .laplace.posterior import UNCONVERGED_FACTOR
-from .laplace.solvers import SolverConfig
+from .laplace.solvers import UNCONVERGED_FACTOR, SolverConfig
 from .metrics import calibration_curve, coverage, gaussian_tll
 from .projector import RayTransform
 
@@ -479,7 +478,7 @@ def _report_unconverged(
         solver.tolerance,
         solver.iterations,
         f"the chosen factor {10.0**best:.3g} rests on their held-out likelihood, which is "
-        "uncertain (raise --cg-iterations)"
+        "uncertain (raise SolverConfig.iterations)"
         if rests_on
         else "the chosen factor does not rest on them",
     )

@@ -232,7 +232,7 @@ def test_the_search_reports_unconverged_candidates_itself(tiny, caplog):
     assert not [m for _, m in messages if m.startswith("posterior samples")]
     reports = [(level, m) for level, m in messages if m.startswith("prior-scale search")]
     assert len(reports) == 1 and reports[0][0] == logging.WARNING
-    assert "raise --cg-iterations" in reports[0][1]
+    assert "raise SolverConfig.iterations" in reports[0][1]  # the CLI names its flag
 
 
 @pytest.mark.parametrize("off, level", [(0.5, logging.WARNING), (2.0, logging.INFO)])

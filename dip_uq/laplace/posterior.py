@@ -51,7 +51,7 @@ from .linearised import LinearisedNetwork
 from .moments import Moments, accumulate, batches
 from .preconditioner import NystromPreconditioner, default_rank
 from .priors import MaternPrior
-from .solvers import Method, SolverConfig, fixed_rows, solve
+from .solvers import UNCONVERGED_FACTOR, Method, SolverConfig, fixed_rows, solve
 
 if TYPE_CHECKING:
     from ..dip import DIP
@@ -62,11 +62,6 @@ if TYPE_CHECKING:
 __all__ = ["LinearisedLaplace"]
 
 _SEED_STRIDE = 1_000_003  # mixes (seed, sample index) into one generator seed
-# samples whose relative residual ends above this multiple of the solver's tolerance get a
-# warning: float32 CG may stop a row on a breakdown a little above the tolerance (2e-3
-# measured), harmless, while 100 iterations of the earlier plain-sketch preconditioner
-# (residual ~5e-2) left the 24³ demo's std five times the converged one
-UNCONVERGED_FACTOR = 10.0
 logger = logging.getLogger("dip_uq")
 
 
@@ -167,6 +162,7 @@ class LinearisedLaplace:
         for b in self.prior.blocks:
             self.history[f"prior_variance/{b}"] = [self.prior.variances[b]]
         self._mode_state: torch.Tensor | None = None  # CG warm start of the mode
+        self.last_mode_solve: dict | None = None  # the solver's info of the last mode()
         self.em_warm_starts: dict[tuple[int, int], torch.Tensor] = {}  # by sample rows
         # (rank, prior variances relative to the first block's, preconditioner) of the last build
         self._preconditioner_built: tuple[int, dict, NystromPreconditioner] | None = None
@@ -445,7 +441,7 @@ class LinearisedLaplace:
     def mode(self) -> torch.Tensor:
         """The linear model's posterior mode ``û = Mᵀ (M Mᵀ + σ_y² I)⁻¹ r`` (whitened,
         ``(P,)``), ``r = y - A f(θ*) + A J θ*``; warm-started from the previous call."""
-        u, self._mode_state, _ = self._solve_dual(
+        u, self._mode_state, self.last_mode_solve = self._solve_dual(
             self.linear_data[None], self._mode_state, padded=False
         )
         return u[0]

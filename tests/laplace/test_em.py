@@ -140,6 +140,20 @@ def test_em_keeps_prior_variances_within_bounds_when_the_solves_are_truncated(ti
         assert math.isfinite(value) and 0 < value <= 100 * start[block] * (1 + 1e-12), block
 
 
+@pytest.mark.parametrize("rank, warned", [(0, True), (None, False)])
+def test_em_warns_when_the_mode_it_rests_on_stopped_unconverged(tiny, caplog, rank, warned):
+    """Two plain CG iterations leave the mode far from converged; the default preconditioner
+    solves this tiny system within them."""
+    parts, _ = tiny
+    lap = LinearisedLaplace(**parts, solver=SolverConfig(iterations=2, preconditioner_rank=rank))
+    with caplog.at_level("WARNING", logger="dip_uq"):
+        lap.fit_hyperparameters(em_steps=1, n_samples=4, fit_noise=True)
+    assert lap.last_mode_solve["iterations"] <= 2
+    assert ("the linear model's mode stopped" in caplog.text) == warned
+    if warned:
+        assert "raise SolverConfig.iterations" in caplog.text
+
+
 def test_em_caps_a_runaway_prior_variance_and_names_the_setting_to_raise(tiny, caplog):
     """An M-step whose statistics would raise the variances a billionfold stops them at
     100x their start and warns, naming the Python setting (the CLI translates it)."""
