@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from .laplace.moments import batches
-from .laplace.solvers import UNCONVERGED_FACTOR, SolverConfig
+from .laplace.solvers import SolverConfig
 from .metrics import calibration_curve, coverage, gaussian_tll
 from .projector import RayTransform
 
@@ -462,8 +462,7 @@ def _report_unconverged(
     one the choice rests on (the best scored and its scored neighbours, which place the
     parabola's top); note the others. Such samples stay close to the prior, which widens
     that candidate's predictive and lowers its held-out likelihood."""
-    limit = UNCONVERGED_FACTOR * solver.tolerance
-    off = sorted(e for e in seen if residuals[e] > limit)
+    off = sorted(e for e in seen if solver.unconverged(residuals[e]))
     if not off:
         return
     scored = sorted(seen)

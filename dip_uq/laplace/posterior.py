@@ -51,7 +51,7 @@ from .linearised import LinearisedNetwork
 from .moments import Moments, accumulate, batches
 from .preconditioner import NystromPreconditioner, default_rank
 from .priors import MaternPrior
-from .solvers import UNCONVERGED_FACTOR, Method, SolverConfig, fixed_rows, solve
+from .solvers import Method, SolverConfig, fixed_rows, solve
 
 if TYPE_CHECKING:
     from ..dip import DIP
@@ -333,7 +333,7 @@ class LinearisedLaplace:
         u, info = self.sample_weights(n_samples, method=method, start=start)
         self.last_solve = info
         worst = float(info["residual"].max())
-        if warn and worst > UNCONVERGED_FACTOR * self.solver.tolerance:
+        if warn and self.solver.unconverged(worst):
             logger.warning(
                 "posterior samples %d-%d: the solver stopped after %d iterations at relative "
                 "residuals up to %.1e (tolerance %.0e); unconverged samples stay close to the "

@@ -81,6 +81,11 @@ class SolverConfig:
     average_from: float = 0.5
     progress: bool = False
 
+    def unconverged(self, residual: float) -> bool:
+        """Whether a solve that ended at the relative ``residual`` stopped short: above
+        :data:`UNCONVERGED_FACTOR` times the tolerance (worth a warning)."""
+        return residual > UNCONVERGED_FACTOR * self.tolerance
+
     def __post_init__(self) -> None:
         try:
             self.method = Method(self.method)
