@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import reduce
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -417,7 +418,8 @@ def choose_prior_scale(
     the DIP fit and, through the shared scale, the preconditioner.
     """
     start = dict(lap.prior.variances)
-    residuals: dict[float, float] = {}  # by candidate: the largest relative residual of its solves
+    # by candidate: every sample's relative residual and whether round-off stalled it
+    solves: dict[float, dict[str, torch.Tensor]] = {}
 
     def tll(decade: float) -> float:
         lap.prior.variances = start
@@ -426,8 +428,7 @@ def choose_prior_scale(
         for first, stop in batches(n_samples, batch, lap.group):
             # unconverged candidates are the search's to report (_report_unconverged)
             parts.append(lap.sample(stop - first, start=first, warn=False))
-            worst = float(lap.last_solve["residual"].max())
-            residuals[decade] = max(residuals.get(decade, 0.0), worst)
+            solves[decade] = _merged(solves.get(decade), lap.last_solve)
         samples = torch.cat(parts)
         scores = check(A_held, y_held, mean, samples, lap.noise_variance, every=0, group=lap.group)
         return scores.tll
@@ -435,7 +436,7 @@ def choose_prior_scale(
     best, seen = best_decade(tll, *decades)
     lap.prior.variances = start
     lap.prior.scale_variances(10.0**best)
-    _report_unconverged(seen, residuals, best, lap.solver)
+    _report_unconverged(seen, solves, best, lap.solver)
     if not decades[0] < best < decades[1]:
         smallest = best <= decades[0]
         logger.warning(
@@ -451,17 +452,30 @@ def choose_prior_scale(
         "tll_per_pixel": [seen[e] for e in tried],
         "chosen_factor": 10.0**best,
         "samples_per_candidate": n_samples,
-        "worst_residual": [residuals[e] for e in tried],
+        "worst_residual": [float(solves[e]["residual"].max()) for e in tried],
     }
 
 
+def _merged(
+    solves: dict[str, torch.Tensor] | None, info: dict[str, Any]
+) -> dict[str, torch.Tensor]:
+    """``solves`` with the rows of one more solve's ``info`` (``residual``, ``stalled``)."""
+    if solves is None:
+        return {key: info[key] for key in ("residual", "stalled")}
+    return {key: torch.cat([solves[key], info[key]]) for key in solves}
+
+
 def _report_unconverged(
-    seen: dict[float, float], residuals: dict[float, float], best: float, solver: SolverConfig
+    seen: dict[float, float],
+    solves: dict[float, dict[str, torch.Tensor]],
+    best: float,
+    solver: SolverConfig,
 ) -> None:
     """Warn when a candidate whose samples stopped above ten times the solver's tolerance is
     one the choice rests on (the best scored and its scored neighbours, which place the
     parabola's top); note the others. Such samples stay close to the prior, which widens
     that candidate's predictive and lowers its held-out likelihood."""
+    residuals = {e: float(solves[e]["residual"].max()) for e in seen}
     off = sorted(e for e in seen if solver.unconverged(residuals[e]))
     if not off:
         return
@@ -477,7 +491,7 @@ def _report_unconverged(
         solver.tolerance,
         solver.iterations,
         f"the chosen factor {10.0**best:.3g} rests on their held-out likelihood, which is "
-        "uncertain (raise SolverConfig.iterations)"
+        f"uncertain ({solver.remedy(reduce(_merged, (solves[e] for e in off), None))})"
         if rests_on
         else "the chosen factor does not rest on them",
     )

@@ -240,11 +240,29 @@ def test_an_unconverged_candidate_is_a_warning_only_where_the_choice_rests_on_it
     off, level, caplog
 ):
     seen = {-1.0: 1.0, 0.0: 3.0, 0.5: 2.5, 1.0: 2.0, 2.0: 0.0}  # the top, 0, and 0.5 beside
-    residuals = {e: 5e-2 if e == off else 1e-4 for e in seen}
+    capped = torch.tensor([False])  # not stalled: stopped by the iteration cap
+    solves = {
+        e: {"residual": torch.tensor([5e-2 if e == off else 1e-4]), "stalled": capped} for e in seen
+    }
     with caplog.at_level(logging.INFO, logger="dip_uq"):
-        holdout._report_unconverged(seen, residuals, 0.1, SolverConfig())
+        holdout._report_unconverged(seen, solves, 0.1, SolverConfig())
     (record,) = caplog.records
     assert record.levelno == level and f"factor {10.0**off:.3g} stopped" in record.getMessage()
+
+
+def test_the_search_does_not_ask_for_more_iterations_where_round_off_stalled_the_samples(caplog):
+    """Every candidate has a sample that CG stopped above the tolerance on float32 round-off
+    (its restarts used up) before the cap: the warning says so instead of asking for more."""
+    seen = {-1.0: 1.0, 0.0: 3.0, 1.0: 2.0}
+    solves = {
+        e: {"residual": torch.tensor([1e-4, 5e-2]), "stalled": torch.tensor([False, True])}
+        for e in seen
+    }
+    with caplog.at_level(logging.INFO, logger="dip_uq"):
+        holdout._report_unconverged(seen, solves, 0.0, SolverConfig())
+    (record,) = caplog.records
+    assert "more iterations will not help" in record.getMessage()
+    assert "raise SolverConfig.iterations" not in record.getMessage()
 
 
 def test_the_command_line_reports_the_check_and_refuses_bad_k(tmp_path, capsys):

@@ -206,11 +206,11 @@ def _check_mode(lap: Posterior) -> None:
     if lap.solver.unconverged(worst):
         logger.warning(
             "EM: the linear model's mode stopped after %d iterations at a relative residual of "
-            "%.1e (tolerance %.0e); this step's noise and prior variances rest on it: raise "
-            "SolverConfig.iterations",
+            "%.1e (tolerance %.0e); this step's noise and prior variances rest on it: %s",
             info["iterations"],
             worst,
             lap.solver.tolerance,
+            lap.solver.remedy(info),
         )
 
 

@@ -325,7 +325,8 @@ class LinearisedLaplace:
         with torch.no_grad():
             if method is Method.EXACT:
                 b = u0 + self._fixed_rows(self._m_t)(e0) / self.noise_std
-                exact = {"iterations": 0, "residual": torch.zeros(n_samples), "base": u0}
+                zeros = torch.zeros(n_samples)
+                exact = {"iterations": 0, "residual": zeros, "stalled": zeros > 0, "base": u0}
                 return self._exact_solve(b), exact
             rhs = self.noise_std * e0 - self._fixed_rows(self._m)(u0)
             u, a, info = self._solve_dual(rhs, x0, method=method)
@@ -349,12 +350,13 @@ class LinearisedLaplace:
             logger.warning(
                 "posterior samples %d-%d: the solver stopped after %d iterations at relative "
                 "residuals up to %.1e (tolerance %.0e); unconverged samples stay close to the "
-                "prior and make the std too wide: raise SolverConfig.iterations",
+                "prior and make the std too wide: %s",
                 start,
                 start + n_samples - 1,
                 info["iterations"],
                 worst,
                 self.solver.tolerance,
+                self.solver.remedy(info),
             )
         with torch.no_grad():
             return self._fixed_rows(self.images)(u)

@@ -86,6 +86,15 @@ class SolverConfig:
         :data:`UNCONVERGED_FACTOR` times the tolerance (worth a warning)."""
         return residual > UNCONVERGED_FACTOR * self.tolerance
 
+    def remedy(self, info: dict) -> str:
+        """What to tell the user about a solve (:func:`solve`'s ``info``) that stopped short:
+        to raise the iterations where a row stopped at the cap; that more will not help where
+        every such row stalled on float32 round-off (``info["stalled"]``)."""
+        short = info["residual"] > UNCONVERGED_FACTOR * self.tolerance
+        if bool((short & ~info["stalled"]).any()):
+            return "raise SolverConfig.iterations"
+        return "float32 round-off stops the solve there, more iterations will not help"
+
     def __post_init__(self) -> None:
         try:
             self.method = Method(self.method)
@@ -166,8 +175,10 @@ def solve(
     amplifies.
 
     Returns the solution and a dict with ``iterations`` (of the slowest row), ``residual`` (the
-    relative residual of every row at the end) and ``trace`` (the largest relative residual of
-    the rows still running, per iteration).
+    relative residual of every row at the end), ``stalled`` (the rows CG stopped above the
+    tolerance before the iteration cap, their restarts used up or their step broken down:
+    float32 round-off ended them) and ``trace`` (the largest relative residual of the rows
+    still running, per iteration).
     """
     config = config or SolverConfig()
     x = (b if x0 is None else x0).clone()
@@ -179,17 +190,21 @@ def solve(
         disable=not config.progress,
         leave=False,
     )
+    running = torch.zeros(b.shape[0], dtype=torch.bool, device=b.device)  # at the cap
     if config.method is Method.CG:
-        it = _cg(normal, b, x, b_norm, config, trace, bar, preconditioner or torch.clone)
+        it, active = _cg(normal, b, x, b_norm, config, trace, bar, preconditioner or torch.clone)
+        running[active] = True
     else:
         pre = preconditioner or torch.clone
         if lam_max is None and config.lr is None:
             lam_max = largest_eigenvalue(lambda v: pre(normal(v)), b)
         lr = config.lr if config.lr is not None else 1.0 / (1.1 * lam_max)  # power it. is low
         x, it = _sgd(normal, b, x, b_norm, config, lr, trace, bar, pre)
+        running[:] = True  # SGD stops at the tolerance or the cap
     residual = _residual_norms(b - normal(x), b_norm)
     bar.close()
-    return x, {"iterations": it, "residual": residual, "trace": trace}
+    stalled = ~running & (residual >= config.tolerance)
+    return x, {"iterations": it, "residual": residual, "stalled": stalled, "trace": trace}
 
 
 def _cg(
@@ -201,9 +216,9 @@ def _cg(
     trace: list[float],
     bar: tqdm,
     preconditioner: RowMap,
-) -> int:
+) -> tuple[int, torch.Tensor]:
     """Preconditioned conjugate gradients on the rows of ``x`` (updated in place); returns
-    the iterations.
+    the iterations and the rows still running at the cap.
 
     In float32 the recursively updated residual drifts away from the true ``b - N x`` when
     the system spans many orders of magnitude (the 3D demo's, ``λ_1 / μ = 7e8``: rows stopped
@@ -259,7 +274,7 @@ def _cg(
             restart(again)
         it += 1
         bar.update()
-    return it
+    return it, active
 
 
 def _sgd(

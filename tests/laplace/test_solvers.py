@@ -73,3 +73,31 @@ def test_cg_restarts_a_row_whose_step_breaks_down():
     x, info = solve(normal, b, x0=0 * b, config=SolverConfig(iterations=200, tolerance=1e-8))
     assert calls > 7 and float(info["residual"].max()) < 1e-8
     torch.testing.assert_close(x, torch.linalg.solve(system, b.T).T, rtol=1e-6, atol=1e-9)
+
+
+def test_cg_tells_a_row_stalled_by_round_off_from_one_stopped_at_the_cap():
+    """Products off by 1e-4 relative (float32 round-off, exaggerated) keep the true residual
+    far above a 1e-8 tolerance: CG stops the rows once their restarts are used up, well before
+    a 500-iteration cap, and says that more iterations will not help; rows stopped by a
+    3-iteration cap are not stalled, and the remedy is to raise the iterations."""
+    g = torch.Generator().manual_seed(1)
+    m = 30
+    q = torch.linalg.qr(torch.randn(m, m, generator=g, dtype=torch.float64)).Q
+    system = q * torch.logspace(0, 2, m, dtype=torch.float64) @ q.T
+    b = torch.randn(2, m, generator=g, dtype=torch.float64)
+
+    def noisy(v: torch.Tensor) -> torch.Tensor:
+        out = v @ system
+        noise = torch.randn(out.shape, generator=g, dtype=out.dtype)
+        return out + 1e-4 * out.norm(dim=1, keepdim=True) / m**0.5 * noise
+
+    stalled_config = SolverConfig(iterations=500, tolerance=1e-8)
+    _, info = solve(noisy, b, x0=0 * b, config=stalled_config)
+    assert info["iterations"] < 500 and bool(info["stalled"].all())
+    assert float(info["residual"].min()) > 1e-6
+    assert "more iterations will not help" in stalled_config.remedy(info)
+
+    capped_config = SolverConfig(iterations=3, tolerance=1e-8)
+    _, info = solve(noisy, b, x0=0 * b, config=capped_config)
+    assert info["iterations"] == 3 and not bool(info["stalled"].any())
+    assert capped_config.remedy(info) == "raise SolverConfig.iterations"
