@@ -39,6 +39,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -62,10 +63,8 @@ if TYPE_CHECKING:
 __all__ = ["LinearisedLaplace"]
 
 _SEED_STRIDE = 1_000_003  # mixes (seed, sample index) into one generator seed
-# the mode's solve may take this many times SolverConfig.iterations: its misfit sets σ_y², and
-# it is one row, an iteration at half the cost of a batch of 8 samples. At 32³ (cone beam,
-# 2 %; the misfit 1.0 % of the data's norm) its cold solve stopped at the 300-iteration cap
-# with a residual of 9.7e-3, as large as the misfit, and at 2.3e-3 after 340 (float32's floor)
+# the mode's cap in SolverConfig.iterations: one row (an iteration costs half a batch of 8
+# samples') whose misfit sets σ_y²; at 32³ 300 iterations left a residual as large as it
 MODE_ITERATION_FACTOR = 2
 logger = logging.getLogger("dip_uq")
 
@@ -266,28 +265,17 @@ class LinearisedLaplace:
         (:meth:`_fixed_rows`), for samples; the mode, one row solved alone in every run, goes
         without the padding. ``iterations`` replaces ``SolverConfig.iterations``.
         """
-        config = SolverConfig(
-            **{
-                **vars(self.solver),
-                "method": method,
-                "iterations": iterations or self.solver.iterations,
-            }
-        )
+        cap = iterations or self.solver.iterations
+        config = replace(self.solver, method=method, iterations=cap)
         flat = rhs.reshape(rhs.shape[0], -1)
-        start = None if x0 is None else x0.reshape(flat.shape)
+        x0 = 0 * flat if x0 is None else x0.reshape(flat.shape)
         pre = self.preconditioner()
         dual, m_t = self._dual, self._m_t
         if padded:
             dual, m_t = self._fixed_rows(dual), self._fixed_rows(m_t)
             pre = None if pre is None else self._fixed_rows(pre)
         with torch.no_grad():
-            a, info = solve(
-                dual,
-                flat,
-                x0=start if start is not None else 0 * flat,
-                config=config,
-                preconditioner=pre,
-            )
+            a, info = solve(dual, flat, x0=x0, config=config, preconditioner=pre)
             a = a.reshape(rhs.shape)
             return m_t(a), a, info
 
@@ -456,11 +444,9 @@ class LinearisedLaplace:
         """The linear model's posterior mode ``û = Mᵀ (M Mᵀ + σ_y² I)⁻¹ r`` (whitened,
         ``(P,)``), ``r = y - A f(θ*) + A J θ*``; warm-started from the previous call, with
         :data:`MODE_ITERATION_FACTOR` times the samples' iterations."""
+        cap = MODE_ITERATION_FACTOR * self.solver.iterations
         u, self._mode_state, self.last_mode_solve = self._solve_dual(
-            self.linear_data[None],
-            self._mode_state,
-            padded=False,
-            iterations=MODE_ITERATION_FACTOR * self.solver.iterations,
+            self.linear_data[None], self._mode_state, padded=False, iterations=cap
         )
         return u[0]
 
