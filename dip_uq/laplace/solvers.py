@@ -81,17 +81,17 @@ class SolverConfig:
     average_from: float = 0.5
     progress: bool = False
 
-    def unconverged(self, residual: float) -> bool:
+    def unconverged(self, residual: float | torch.Tensor) -> bool | torch.Tensor:
         """Whether a solve that ended at the relative ``residual`` stopped short: above
-        :data:`UNCONVERGED_FACTOR` times the tolerance (worth a warning)."""
+        :data:`UNCONVERGED_FACTOR` times the tolerance (worth a warning); row by row for a
+        tensor of residuals."""
         return residual > UNCONVERGED_FACTOR * self.tolerance
 
     def remedy(self, info: dict) -> str:
         """What to tell the user about a solve (:func:`solve`'s ``info``) that stopped short:
         to raise the iterations where a row stopped at the cap; that more will not help where
         every such row stalled on float32 round-off (``info["stalled"]``)."""
-        short = info["residual"] > UNCONVERGED_FACTOR * self.tolerance
-        if bool((short & ~info["stalled"]).any()):
+        if bool((self.unconverged(info["residual"]) & ~info["stalled"]).any()):
             return "raise SolverConfig.iterations"
         return "float32 round-off stops the solve there, more iterations will not help"
 
