@@ -7,7 +7,7 @@ What a notebook needs, in the order of the pipeline::
     RayTransform, Operator, fbp                              the forward model, its inverse
     UNet, DIP, pretrain, tv_reconstruct                      reconstructors
     LinearisedLaplace, SolverConfig                          the posterior and its std map
-    pipeline.run, pipeline.Settings                          all of it in one call
+    reconstruct, Result                                      the method of `dip-uq reconstruct`
     metrics, plots, baselines                                scores, their plots; MC dropout, SGLD
 
 Modules keep their own names (``dip_uq.simulation``, ``dip_uq.pretraining``,
@@ -29,13 +29,14 @@ from .geometry import (
 from .io import read_scan
 from .laplace import LinearisedLaplace, SolverConfig
 from .networks import UNet
+from .outputs import Result
+from .pipeline import reconstruct
 from .pretraining import pretrain
 from .projector import Operator, RayTransform, fbp
 from .scan import Scan, default_volume
 from .simulation import noise_sigma, simulate, simulate_scan
 from .tv import tv_reconstruct
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "DIP",
@@ -46,6 +47,7 @@ __all__ = [
     "Operator",
     "ParallelBeam",
     "RayTransform",
+    "Result",
     "Scan",
     "SolverConfig",
     "UNet",
@@ -65,6 +67,7 @@ __all__ = [
     "plots",
     "pretrain",
     "read_scan",
+    "reconstruct",
     "simulate",
     "simulate_scan",
     "tv_reconstruct",

@@ -7,7 +7,7 @@ demos' U-Nets: 64² (32 channels) 30.1 on one thread, 34.0 on two, two fits side
 per pair of steps (1.52x the steps per second of one thread); 24³ (16 channels) 53.0, 37.1,
 and 58.6 per pair (1.81x; 1.27x what two threads give one fit). The cross-validated prior
 scale's second DIP fit does not depend on the fit to all projections, so
-:func:`dip_uq.pipeline.run` fits both at once (:func:`beside`).
+:func:`dip_uq.reconstruct` fits both at once (:func:`beside`).
 
 A job's result is that of the same job run alone with the same thread count: each thread
 keeps its own count (OpenMP's is per thread) and the stages share no state. A job must not

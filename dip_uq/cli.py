@@ -9,21 +9,23 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import sys
 import time
+import warnings
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
-from . import __version__
+from .diagnostics import NotConvergedWarning
 from .evaluate import HOLDOUT_METHOD, SUITE_METHODS, SUITES, markdown_table, run_suite
 from .holdout import ENDS_AND_INSIDE
 from .laplace.preconditioner import DEFAULT_RANKS
 from .settings import CROSS_VALIDATION_EVERY, MEANS, METHODS, PRIOR_SCALES, UQ_METHODS, Settings
 from .simulation import PHANTOMS, SCAN_GEOMETRIES
+from .version import __version__
 
 if TYPE_CHECKING:
     from .geometry import Volume
@@ -47,22 +49,6 @@ def _device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
-
-
-def _versions() -> dict[str, str]:
-    """Versions recorded in run.json: dip-uq, torch, Python and ASTRA (when importable)."""
-    versions = {
-        "dip_uq": __version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
-    try:
-        import astra
-
-        versions["astra"] = astra.__version__
-    except ImportError:
-        pass
-    return versions
 
 
 def _prepare_output(
@@ -96,14 +82,14 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def _run_and_write(scan: Scan, volume: Volume, args: argparse.Namespace, title: str) -> None:
-    """Run the pipeline on ``scan`` and write its outputs (:data:`dip_uq.outputs.OUTPUTS`)
-    into ``args.out``.
+    """Run :func:`dip_uq.reconstruct` on ``scan`` and write its outputs
+    (:data:`dip_uq.outputs.OUTPUTS`) into ``args.out``.
 
     Under ``torchrun`` every rank runs this; rank 0 alone writes and prints the summary.
     """
-    from .laplace.distributed import init_from_env
-    from .outputs import OUTPUTS, write_results
-    from .pipeline import run
+    from .distributed import init_from_env
+    from .outputs import OUTPUTS
+    from .pipeline import reconstruct
 
     started = time.perf_counter()
     settings = _settings(args)  # bad options fail before any file is touched
@@ -116,7 +102,7 @@ def _run_and_write(scan: Scan, volume: Volume, args: argparse.Namespace, title: 
     if group is not None:
         group.barrier()  # rank 0 has checked (and, with --overwrite, cleared) the folder
         device = group.device
-    result = run(
+    result = reconstruct(
         scan,
         settings,
         volume=volume,
@@ -132,22 +118,12 @@ def _run_and_write(scan: Scan, volume: Volume, args: argparse.Namespace, title: 
         if not main:  # every rank holds the result; rank 0 writes it
             return
     result.timings["total_s"] = time.perf_counter() - started
-    written = write_results(
+    written = result.save(
         out,
-        result,
-        scan,
-        volume,
-        settings,
         title=title,
         parameters={k: v for k, v in vars(args).items() if k != "run"},
-        run_info={
-            "command": sys.argv,
-            "versions": _versions(),
-            "device": str(device),
-            "projector_backend": result.backend,
-            "threads": torch.get_num_threads(),
-            "processes": 1 if group is None else group.world_size,
-        },
+        run_info={"command": sys.argv},
+        overwrite=True,  # _prepare_output refused what --overwrite did not allow
     )
     _print_summary(written, result, str(device))
 
@@ -189,7 +165,7 @@ def _simulated(args: argparse.Namespace, **overrides: Any) -> Any:
         "size": args.size,
         "geometry": args.geometry,
         "angles": args.angles,
-        "arc": args.arc,
+        "arc": None if args.arc is None else np.deg2rad(args.arc),
         "noise": args.noise,
         "seed": args.seed,
     }
@@ -325,52 +301,60 @@ def _add_scan_arguments(p: argparse.ArgumentParser) -> None:
         help="scan file or folder (HDF5/NeXus, .mat, TIFF, .npy/.npz, MRC tilt series, "
         "Xradia .txrm/.txm)",
     )
-    p.add_argument(
+    reading = p.add_argument_group(
+        "reading the scan",
+        "what a file does not record itself (dip-uq info SCAN shows what it does)",
+    )
+    reading.add_argument(
         "--geometry", help="geometry JSON (to_dict format) or ASTRA vector file (TIFF and NumPy)"
     )
-    p.add_argument(
+    reading.add_argument(
         "--format", help="skip detection: nxtomo, dxchange, mat, tiff, npy, npz, mrc or txrm"
     )
-    p.add_argument(
+    reading.add_argument(
         "--angles",
         help="projection angles instead of a geometry file (TIFF, NumPy, .mat; MRC tilt "
         "series): a text/.npy file, or START:STOP:COUNT with a unit, e.g. 0:180:360deg "
         "(COUNT angles from START, STOP not included)",
     )
-    p.add_argument(
+    reading.add_argument(
         "--angle-unit",
         choices=["deg", "rad"],
         default="deg",
         help="unit of an angle file or a range without one (default: %(default)s)",
     )
-    p.add_argument(
+    reading.add_argument(
         "--geometry-kind",
         choices=["parallel", "fan", "cone"],
         help="beam of a scan given by --angles (default: parallel); fan/cone need "
         "--pixel-size, --source-origin and --origin-detector",
     )
-    p.add_argument("--pixel-size", type=float, help="detector pixel pitch in mm, with --angles")
-    p.add_argument(
+    reading.add_argument(
+        "--pixel-size", type=float, help="detector pixel pitch in mm, with --angles"
+    )
+    reading.add_argument(
         "--source-origin", type=float, help="source to rotation-axis distance in mm (fan/cone)"
     )
-    p.add_argument(
+    reading.add_argument(
         "--origin-detector",
         type=float,
         help="rotation-axis to detector distance in mm (fan/cone)",
     )
-    p.add_argument("--dataset", help="the variable (.mat) or array (.npz) that holds the sinogram")
-    p.add_argument(
+    reading.add_argument(
+        "--dataset", help="the variable (.mat) or array (.npz) that holds the sinogram"
+    )
+    reading.add_argument(
         "--tilt-axis",
         choices=["x", "y"],
         help="MRC: the image axis the tilt axis runs along (default: y, IMOD's convention)",
     )
-    p.add_argument(
+    reading.add_argument(
         "--tilt-axis-offset",
         type=float,
         help="MRC: pixels by which the tilt axis lies right of the image centre (like "
         "--center-offset, applied when reading)",
     )
-    p.add_argument(
+    reading.add_argument(
         "--log",
         action="store_const",
         const=True,
@@ -447,7 +431,13 @@ def _add_simulation_arguments(p: argparse.ArgumentParser, demo: bool) -> None:
 
 
 def _add_pipeline_arguments(p: argparse.ArgumentParser, demo: bool) -> None:
-    """What ``demo`` and ``reconstruct`` run, and where they write."""
+    """What ``demo`` and ``reconstruct`` run, and where they write; the solver settings and
+    research switches, whose defaults are the calibrated method, in an "advanced" group."""
+    advanced = p.add_argument_group(
+        "advanced options",
+        "solver settings and switches for research; the defaults are the method whose "
+        "calibration docs/calibration.md reports",
+    )
     p.add_argument(
         "--method",
         choices=METHODS,
@@ -473,14 +463,14 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser, demo: bool) -> None:
         type=int,
         help=f"U-Net channels per scale; smaller is faster on a CPU (default: 32){demo_note}",
     )
-    p.add_argument("--scales", type=int, help="U-Net resolutions (default: from the grid)")
+    advanced.add_argument("--scales", type=int, help="U-Net resolutions (default: from the grid)")
     p.add_argument(
         "--samples",
         type=int,
         default=Settings.samples,
         help="posterior samples for the std map (default: %(default)s)",
     )
-    p.add_argument(
+    advanced.add_argument(
         "--em-samples",
         type=int,
         default=Settings.em_samples,
@@ -490,48 +480,48 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser, demo: bool) -> None:
         "--em-steps",
         type=int,
         default=Settings.em_steps,
-        help="steps of sample-based EM, which fits the noise level (and, with --em-prior, "
+        help="steps of sample-based EM, which fits the noise level (and, with --fit-prior, "
         "the prior's scale); 0 for none (default: %(default)s)",
     )
-    p.add_argument(
+    advanced.add_argument(
         "--cg-iterations",
         type=int,
         default=Settings.cg_iterations,
         help="conjugate-gradient iterations per sampling solve (default: %(default)s)",
     )
-    p.add_argument(
+    advanced.add_argument(
         "--preconditioner-rank",
         type=int,
         default=Settings.preconditioner_rank,
         help="rank of the Nyström preconditioner of the CG solves; 0 for plain CG "
         "(default: {} to {}, growing with the number of measurements)".format(*DEFAULT_RANKS),
     )
-    p.add_argument(
-        "--em-per-block",
+    advanced.add_argument(
+        "--per-block",
         action="store_true",
         help="let EM fit every U-Net block's prior variance on its own (default: one scale "
         "for all blocks, which is steadier)",
     )
-    p.add_argument(
+    advanced.add_argument(
         "--fit-noise",
         action=argparse.BooleanOptionalAction,
         default=Settings.fit_noise,
         help="let EM fit the noise variance, starting from the DIP's estimate from the data "
         "(default: on)",
     )
-    p.add_argument(
-        "--em-prior",
+    advanced.add_argument(
+        "--fit-prior",
         action="store_true",
         help="let EM fit the prior's scale too (default: off; on our simulated scans it "
         "made the std overconfident: see README)",
     )
-    p.add_argument(
+    advanced.add_argument(
         "--gprior",
         action=argparse.BooleanOptionalAction,
         default=Settings.gprior,
         help="scale every weight's prior by how little the data sees it (the g-prior; default: on)",
     )
-    p.add_argument(
+    advanced.add_argument(
         "--mean",
         choices=MEANS,
         default=Settings.mean,
@@ -540,7 +530,7 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser, demo: bool) -> None:
         "data the early-stopped DIP left: closer to the truth where the std is well scaled, "
         "farther where it is too wide; see README) (default: %(default)s)",
     )
-    p.add_argument(
+    advanced.add_argument(
         "--batch",
         type=int,
         help="posterior samples solved together; lower it to save memory (default: all)",
@@ -554,7 +544,7 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser, demo: bool) -> None:
         "afterwards under the posterior predictive: a calibration check of the measurements "
         "that needs no ground truth (K >= 2; default: 0, off)",
     )
-    p.add_argument(
+    advanced.add_argument(
         "--prior-scale",
         choices=PRIOR_SCALES,
         default=Settings.prior_scale,
@@ -647,18 +637,23 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "mean.tif, std.tif, report.png and run.json to --out.",
     )
     _add_scan_arguments(p)
-    p.add_argument("--rows", help="detector rows to keep: INDEX or START:STOP")
-    p.add_argument("--crop", help="detector columns to keep: START:STOP")
-    p.add_argument("--bin", type=int, default=1, help="bin detector pixels by this factor")
-    p.add_argument("--angle-step", type=int, default=1, help="keep every k-th projection")
-    p.add_argument(
+    preprocessing = p.add_argument_group("preprocessing and grid")
+    preprocessing.add_argument("--rows", help="detector rows to keep: INDEX or START:STOP")
+    preprocessing.add_argument("--crop", help="detector columns to keep: START:STOP")
+    preprocessing.add_argument(
+        "--bin", type=int, default=1, help="bin detector pixels by this factor"
+    )
+    preprocessing.add_argument(
+        "--angle-step", type=int, default=1, help="keep every k-th projection"
+    )
+    preprocessing.add_argument(
         "--center-offset",
         help="centre-of-rotation offset in detector pixels, or 'auto' (parallel beam)",
     )
-    p.add_argument(
+    preprocessing.add_argument(
         "--size", type=int, help="reconstruction grid side in voxels (default: from the scan)"
     )
-    p.add_argument(
+    preprocessing.add_argument(
         "--voxel-size",
         type=float,
         help="voxel edge in the scan's length unit (default: the detector pitch at the axis)",
@@ -743,17 +738,18 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-# the library's messages name its Python settings; on the command line, the option that sets it
-_FLAGS = {"SolverConfig.iterations": "--cg-iterations", "Settings.em_steps": "--em-steps"}
+def _warning_line(warning: Warning) -> str:
+    """One line for a warning; a :class:`~dip_uq.diagnostics.NotConvergedWarning` names the
+    option of this command that sets what it asks to raise (``cg_iterations`` →
+    ``--cg-iterations``)."""
+    if isinstance(warning, NotConvergedWarning) and warning.setting is not None:
+        return f"{warning.message}: raise --{warning.setting.replace('_', '-')}"
+    return str(warning)
 
 
-def _name_the_flags(record: logging.LogRecord) -> bool:
-    """Logging filter: rewrite the settings a message names into this command's options."""
-    message = record.getMessage()
-    for setting, flag in _FLAGS.items():
-        message = message.replace(setting, flag)
-    record.msg, record.args = message, None
-    return True
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` while a command runs: one line on stderr, no source line."""
+    print(f"dip-uq: warning: {_warning_line(message)}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -766,10 +762,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s"
     )
-    library = logging.getLogger("dip_uq")
-    library.addFilter(_name_the_flags)  # for this command only: main() may run in a notebook
     try:
-        args.run(args)
+        with warnings.catch_warnings():  # for this command only: main() may run in a notebook
+            warnings.showwarning = _show_warning
+            args.run(args)
     except (UserError, ValueError, FileNotFoundError, PermissionError) as error:
         if args.debug:
             raise
@@ -778,8 +774,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dip-uq: interrupted", file=sys.stderr)
         return 130
-    finally:
-        library.removeFilter(_name_the_flags)
     return 0
 
 

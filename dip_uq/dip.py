@@ -511,6 +511,45 @@ class DIP:
             grad_ema=state["grad_ema"],
         )
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The fit as named tensors: the network's weights at ``θ*`` and buffers, the network
+        input ``z``, the image scale ``c`` and the noise level ``σ`` (float64 scalars): what
+        :meth:`image`, :meth:`predict` and the linearised Laplace use.
+
+        Raises:
+            ValueError: before :meth:`fit`.
+        """
+        if self.params_star is None:
+            raise ValueError("the DIP is not fitted: call fit(y) before state_dict()")
+        return {
+            **{f"network.{k}": v for k, v in self.network.state_dict().items()},
+            "network_input": self.network_input,
+            "scale": torch.tensor(self.scale, dtype=torch.float64),
+            "noise_sigma": torch.tensor(self.noise_sigma, dtype=torch.float64),
+        }
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Take the fit of :meth:`state_dict` (of a DIP built with the same network) instead
+        of fitting: afterwards :meth:`image`, :meth:`predict` and :attr:`params_star` are
+        those of the DIP that wrote it. History, timings and ``y`` stay as they are.
+
+        Raises:
+            ValueError: ``state`` holds another network's weights.
+        """
+        prefix = "network."
+        weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        try:
+            self.network.load_state_dict(weights)
+        except RuntimeError as err:
+            raise ValueError(
+                f"the state is of another network than this DIP's; build it with the same "
+                f"network arguments ({err})"
+            ) from err
+        self.network_input = state["network_input"].to(self.device)
+        self.scale = float(state["scale"])
+        self.noise_sigma = float(state["noise_sigma"])
+        self.params_star = {n: p.detach().clone() for n, p in self.network.named_parameters()}
+
     def __repr__(self) -> str:
         return (
             f"DIP(iterations={self.iterations}, lr={self.lr:g}, tv_weight={self.tv_weight}, "

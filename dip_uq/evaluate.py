@@ -1,8 +1,8 @@
 """The evaluation suite: calibration of the uncertainty on synthetic scans with a known truth.
 
 A suite is a fixed, seeded list of :class:`Case` (phantom, geometry, angles, noise) and one
-:class:`dip_uq.pipeline.Settings` (iterations, samples, network width), run through the
-stages of :mod:`dip_uq.stages`, the ones ``dip-uq reconstruct`` runs. Every case is
+:class:`dip_uq.pipeline.Settings` (iterations, samples, network width), run through
+:func:`dip_uq.reconstruct`, the method ``dip-uq reconstruct`` runs. Every case is
 simulated by :func:`dip_uq.simulation.simulate_scan` (the phantom times ``SCAN_ATTENUATION``
 in 1/mm, Gaussian noise relative to ``mean |A x|``) and reconstructed by
 
@@ -12,7 +12,7 @@ in 1/mm, Gaussian noise relative to ``mean |A x|``) and reconstructed by
   mean the settings ask for (``Settings.mean``: the network's output, or the linear model's
   posterior mean at those hyperparameters),
 * ``laplace-em``: the same after sample-based EM of the suite's settings (``small`` and
-  ``full`` set ``em_prior``: the prior's scale and the noise variance; ``defaults`` runs the
+  ``full`` set ``fit_prior``: the prior's scale and the noise variance; ``defaults`` runs the
   command's default: the noise alone from the g-prior, then the cross-validated factor on
   the prior's scale, :func:`dip_uq.stages.cross_validate_prior_scale`),
 * ``laplace-holdout`` (with held-out projections only): the same with the prior scale that
@@ -48,11 +48,13 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from . import holdout, metrics, stages
+from . import holdout, metrics, pipeline
+from .laplace import LinearisedLaplace
+from .laplace.prior_scale import choose_prior_scale
 from .noise import estimate_noise_sigma
-from .projector import RayTransform
 from .scan import Scan
 from .settings import Settings
 from .simulation import PHANTOMS, SCAN_GEOMETRIES, simulate_scan
@@ -138,13 +140,13 @@ class Case:
         as NumPy arrays; ``device`` is where the simulation runs."""
         return simulate_scan(
             self.phantom,
-            self.dim,
-            self.size,
-            self.geometry,
-            self.n_angles,
-            self.arc,
-            self.noise,
-            self.seed,
+            dim=self.dim,
+            size=self.size,
+            geometry=self.geometry,
+            angles=self.n_angles,
+            arc=np.deg2rad(self.arc),
+            noise=self.noise,
+            seed=self.seed,
             device=device,
         )
 
@@ -192,7 +194,7 @@ def _grid(
 # DIPs run their default iterations for the noise level (2000 at 5 %, 5200 at 1 %), as a
 # user runs them: fewer leave the DIP short of the data (400 on a 32² case: 18.8 dB instead of
 # 24.5 dB, and the std, which describes a fitted network, covered 72 % of its 90 % interval)
-_EM_PRIOR = {"em_prior": True, "prior_scale": "weights"}  # EM of the prior from the weights'
+_EM_PRIOR = {"fit_prior": True, "prior_scale": "weights"}  # EM of the prior from the weights'
 _SMALL = Settings(channels=16, samples=16, em_steps=3, em_samples=8, cg_iterations=150, **_EM_PRIOR)
 _SMALL_CASES = (
     _grid([(2, 32, "shepp-logan", 30, 30)], (0.01, 0.05))
@@ -245,54 +247,81 @@ class _Output:
 
 
 def _laplace_outputs(
+    scan: Scan,
     data: holdout.Data,
     settings: Settings,
     device: torch.device,
+    backend: str,
     progress: bool,
     scale_by_holdout: bool,
-) -> tuple[dict[str, _Output], dict[str, Any]]:
-    """The DIP, then Laplace samples before EM, after choosing the prior scale by the
-    held-out projections (``scale_by_holdout``) and after EM (the pipeline's stages);
-    outputs by method name, and the EM history."""
-    started = time.perf_counter()
-    rec = stages.fit_dip(data.A, data.y, settings, device=device, progress=progress)
-    mean = rec.predict()
-    dip_s = time.perf_counter() - started
-    lap = stages.linearise(rec, data.y, settings)
+) -> tuple[dict[str, _Output], dict[str, float]]:
+    """The run of :func:`dip_uq.reconstruct` with, through its hook, Laplace samples before EM
+    and, with ``scale_by_holdout``, at the prior scale the held-out projections like best;
+    outputs by method name, and the noise variance of each."""
+    outputs: dict[str, _Output] = {}
+    noise: dict[str, float] = {}
+    started, drawing = time.perf_counter(), 0.0
 
-    def draw(since: float) -> _Output:
+    def draw(lap: LinearisedLaplace, mean: torch.Tensor, seconds: float) -> _Output:
         samples = lap.sample(settings.samples)
         image = lap.mean() if settings.mean == "linear" else mean
-        seconds = time.perf_counter() - since + dip_s
         return _Output(image, lap.std(samples=samples), samples, seconds)
 
-    outputs = {"laplace": draw(time.perf_counter())}
-    if scale_by_holdout:
-        started, start = time.perf_counter(), dict(lap.prior.variances)
-        holdout.choose_prior_scale(
-            lap, data.A_held, data.y_held, mean, n_samples=settings.samples_per_step
-        )
-        outputs[HOLDOUT_METHOD] = draw(started)
-        lap.prior.variances = start  # EM starts where it would without the search
-    started = time.perf_counter()
-    stages.fit_em(lap, settings, progress=progress)
-    if settings.prior_scale == "cross-validated":  # as the pipeline: a factor from a second fit
-        noise = lap.noise_variance
-        search = stages.cross_validate_prior_scale(
-            data.A, data.y, settings, noise_variance=noise, device=device, progress=progress
-        )
-        lap.prior.scale_variances(search["chosen_factor"])
-    outputs["laplace-em"] = draw(started)
-    return outputs, lap.history
+    def before_em(point: str, lap: LinearisedLaplace, mean: torch.Tensor) -> None:
+        nonlocal drawing
+        if point != pipeline.LINEARISED:
+            return
+        since = time.perf_counter()
+        fitted = since - started  # the DIP fit(s) and the linearisation
+        outputs["laplace"] = draw(lap, mean, fitted + time.perf_counter() - since)
+        noise["laplace"] = noise[HOLDOUT_METHOD] = lap.noise_variance
+        if scale_by_holdout:
+            start, since_scaled = dict(lap.prior.variances), time.perf_counter()
+            choose_prior_scale(
+                lap, data.A_held, data.y_held, mean, samples=settings.samples_per_step
+            )
+            outputs[HOLDOUT_METHOD] = draw(lap, mean, fitted + time.perf_counter() - since_scaled)
+            lap.prior.variances = start  # EM starts where it would without the search
+        drawing = time.perf_counter() - since
+
+    result = pipeline.reconstruct(
+        scan,
+        settings,
+        volume=scan.volume,
+        backend=backend,
+        device=device,
+        progress=progress,
+        hook=before_em,
+        keep_samples=True,
+    )
+    mean = torch.as_tensor(result.mean, device=device)
+    outputs["laplace-em"] = _Output(
+        mean,
+        torch.as_tensor(result.std, device=device),
+        result.samples,
+        time.perf_counter() - started - drawing,
+    )
+    noise["laplace-em"] = result.hyperparameters["noise_variance"]
+    return outputs, noise
 
 
-def _baseline(
-    A: RayTransform, y: torch.Tensor, settings: Settings, device: torch.device, progress: bool
-) -> _Output:
+def _baseline(scan: Scan, settings: Settings, device: torch.device, backend: str, progress: bool):
+    """MC dropout or SGLD (``settings.uq``) through :func:`dip_uq.reconstruct`."""
     started = time.perf_counter()
-    result = stages.fit_baseline(A, y, settings, device=device, progress=progress)
+    result = pipeline.reconstruct(
+        scan,
+        settings,
+        volume=scan.volume,
+        backend=backend,
+        device=device,
+        progress=progress,
+        keep_samples=True,
+    )
     return _Output(
-        result.mean, result.std, result.samples - result.mean, time.perf_counter() - started
+        torch.as_tensor(result.mean, device=device),
+        torch.as_tensor(result.std, device=device),
+        result.samples,
+        time.perf_counter() - started,
     )
 
 
@@ -336,16 +365,15 @@ def evaluate_case(
             image = A.fbp(y, filter=settings.fbp_filter)
         outputs["fbp"] = _Output(image, None, None, time.perf_counter() - started)
     if {"laplace", "laplace-em", HOLDOUT_METHOD} & set(methods):
-        laplace, history = _laplace_outputs(
-            data, settings, device, progress, HOLDOUT_METHOD in methods
+        laplace, noise = _laplace_outputs(
+            scan, data, settings, device, backend, progress, HOLDOUT_METHOD in methods
         )
         outputs.update(laplace)
-        extra["laplace-em"] = {"noise_variance": history["noise_variance"][-1]}
-        extra["laplace"] = {"noise_variance": history["noise_variance"][0]}
-        extra[HOLDOUT_METHOD] = extra["laplace"]
+        extra.update({name: {"noise_variance": value} for name, value in noise.items()})
     for name, uq in (("mc-dropout", "mcdropout"), ("sgld", "sgld")):
         if name in methods:
-            outputs[name] = _baseline(A, y, replace(settings, uq=uq), device, progress)
+            baseline = replace(settings, uq=uq)
+            outputs[name] = _baseline(scan, baseline, device, backend, progress)
             # the baselines have no noise model: the predictive uses the DIP's estimate
             extra[name] = {"noise_variance": estimate_noise_sigma(y, A.geometry) ** 2}
     rows = []

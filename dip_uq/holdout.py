@@ -27,23 +27,19 @@ wedge start.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
-from functools import reduce
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from .laplace.moments import batches
-from .laplace.solvers import SolverConfig
+from .laplace.predictive import predictive
 from .metrics import calibration_curve, coverage, gaussian_tll
 from .projector import RayTransform
 
 if TYPE_CHECKING:
+    from .distributed import DistContext
     from .geometry import Geometry, Volume
-    from .laplace import LinearisedLaplace
-    from .laplace.distributed import DistContext
     from .projector import Operator
     from .scan import Scan
 
@@ -51,17 +47,13 @@ __all__ = [
     "ENDS_AND_INSIDE",
     "INTERLEAVED",
     "LEVELS",
-    "PRIOR_SCALE_DECADES",
     "Data",
     "HoldoutScores",
-    "best_decade",
     "check",
     "check_every",
-    "choose_prior_scale",
     "cross_validation_indices",
     "holdout_indices",
     "largest_angular_gap",
-    "predictive",
     "score",
     "split",
     "split_scan",
@@ -71,10 +63,6 @@ logger = logging.getLogger("dip_uq")
 LEVELS = (0.5, 0.9)  # central intervals reported
 # where cross_validation_indices holds projections out: of a full scan, of a limited arc
 INTERLEAVED, ENDS_AND_INSIDE = "interleaved", "ends and inside"
-# the range of choose_prior_scale's factors on the starting variances, in decades: on seven
-# scans the best of 1e-2 ... 1e1 (in half decades) lay between 1e-2 and 3.2, the held-out
-# likelihood smooth and single-peaked in log10 of the factor
-PRIOR_SCALE_DECADES = (-3, 2)
 # an arc is limited when its largest gap is this many times π / n_angles (the step of n
 # angles spread evenly over the half circle) and at least LIMITED_GAP_MIN radians: full
 # scans stay below, uneven (golden-angle: 1.4) or doubled on the half circle (360°: 2)
@@ -259,41 +247,6 @@ class HoldoutScores:
         }
 
 
-def predictive(
-    A_held: Operator,
-    mean: torch.Tensor,
-    deviations: torch.Tensor,
-    noise_variance: float,
-    *,
-    group: DistContext | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The posterior predictive of the held-out measurements, per detector pixel.
-
-    Args:
-        A_held: the ray transform of the held-out projections.
-        mean: the reconstruction ``x̂``, ``A_held.domain_shape``.
-        deviations: posterior samples minus the mean, ``(n, *domain_shape)``; with a
-            ``group``, this rank's share.
-        noise_variance: ``σ_y²`` of one measurement.
-        group: the processes that share the samples (their sums are all-reduced).
-
-    Returns:
-        ``(predicted, std, sample_std)``, each ``A_held.range_shape``: ``A_h x̂``, the
-        predictive std ``sqrt(mean_k (A_h d_k)² + σ_y²)`` and its samples' part alone.
-    """
-    with torch.no_grad():
-        predicted = A_held(mean)
-        projected = A_held(deviations).double()
-        total = projected.square().sum(0)
-        count = torch.tensor(float(projected.shape[0]), dtype=torch.float64)
-        if group is not None:
-            total = group.all_reduce_sum(total, "all-reduce of the held-out predictive")
-            count = group.all_reduce_sum(count, "all-reduce of the held-out sample count")
-        sample_var = total / count
-        std = (sample_var + noise_variance).sqrt()
-    return predicted, std.to(predicted.dtype), sample_var.sqrt().to(predicted.dtype)
-
-
 def score(
     y_held: torch.Tensor,
     predicted: torch.Tensor,
@@ -338,160 +291,4 @@ def check(
         every=every,
         noise_std=noise_variance**0.5,
         sample_std=sample_std,
-    )
-
-
-def _vertex(points: list[tuple[float, float]]) -> float | None:
-    """The ``x`` of the top of the parabola through three points ``(x, f)`` (``x`` ascending),
-    or None where it opens upwards or is flat (no top between them)."""
-    (x0, f0), (x1, f1), (x2, f2) = points
-    rise, fall = (f1 - f0) / (x1 - x0), (f2 - f1) / (x2 - x1)
-    curvature = (fall - rise) / (x2 - x0)  # half the second derivative
-    if curvature >= 0:
-        return None
-    return 0.5 * (x0 + x1) - rise / (2 * curvature)
-
-
-def best_decade(
-    score: Callable[[float], float], low: int, high: int
-) -> tuple[float, dict[float, float]]:
-    """The maximiser of ``score(e)`` over ``log10`` factors ``e`` in ``[low, high]``
-    (``low <= -1 < 0 <= high``), and the scores it evaluated (by ``e``).
-
-    Walks uphill from ``e = 0`` in steps of one decade until the score falls (or the range
-    ends); scores the half decade beside the best on the side where the parabola through the
-    best and its neighbours peaks (a parabola in decades misplaces the top of a lopsided
-    score); returns the vertex of the parabola through the best point scored and its
-    nearest scored neighbours, or the best point itself at a range end or without a peak.
-    A score with one peak costs 4-6 evaluations.
-
-    >>> best, seen = best_decade(lambda e: -((e + 0.3) ** 2), -3, 2)
-    >>> round(best, 6), sorted(seen)
-    (-0.3, [-1.0, -0.5, 0.0, 1.0])
-    """
-    seen: dict[float, float] = {}
-
-    def at(e: float) -> float:
-        if e not in seen:
-            seen[float(e)] = float(score(e))
-        return seen[e]
-
-    best = -1 if at(-1) > at(0) else 0
-    step = -1 if best == -1 else 1
-    while low <= best + step <= high and at(best + step) > at(best):
-        best += step
-    centre = min(max(best, low + 1), high - 1)  # at a range end: the end's two neighbours
-    vertex = _vertex([(e, at(e)) for e in (centre - 1, centre, centre + 1)])
-    if vertex is None or vertex == best:
-        return float(best), seen
-    half = best + (0.5 if vertex > best else -0.5)
-    if low <= half <= high:
-        at(half)
-    scored = sorted(seen)
-    top = max(scored, key=seen.__getitem__)
-    if top in (scored[0], scored[-1]):
-        return float(top), seen
-    index = scored.index(top)
-    vertex = _vertex([(e, seen[e]) for e in scored[index - 1 : index + 2]])
-    return (float(top) if vertex is None else vertex), seen
-
-
-def choose_prior_scale(
-    lap: LinearisedLaplace,
-    A_held: Operator,
-    y_held: torch.Tensor,
-    mean: torch.Tensor,
-    *,
-    n_samples: int,
-    batch: int | None = None,
-    decades: tuple[int, int] = PRIOR_SCALE_DECADES,
-) -> dict[str, Any]:
-    """Multiply ``lap``'s prior variances by the factor that maximises the held-out
-    projections' predictive log-likelihood; returns the search for ``run.json``
-    (``factors`` tried and their ``tll_per_pixel``, ``chosen_factor``,
-    ``samples_per_candidate``, and the ``worst_residual`` of every candidate's solves).
-
-    A 1-D search by cross-validation over angles (:func:`best_decade`, factors
-    ``10**decades[0]`` to ``10**decades[1]``): every candidate scales all block variances of
-    the current prior by one factor and draws ``n_samples`` posterior samples (the same
-    indices, so the candidates differ by the scale only, not by sampling noise), reusing
-    the DIP fit and, through the shared scale, the preconditioner.
-    """
-    start = dict(lap.prior.variances)
-    # by candidate: every sample's relative residual and whether round-off stalled it
-    solves: dict[float, dict[str, torch.Tensor]] = {}
-
-    def tll(decade: float) -> float:
-        lap.prior.variances = start
-        lap.prior.scale_variances(10.0**decade)
-        parts = []
-        for first, stop in batches(n_samples, batch, lap.group):
-            # unconverged candidates are the search's to report (_report_unconverged)
-            parts.append(lap.sample(stop - first, start=first, warn=False))
-            solves[decade] = _merged(solves.get(decade), lap.last_solve)
-        samples = torch.cat(parts)
-        scores = check(A_held, y_held, mean, samples, lap.noise_variance, every=0, group=lap.group)
-        return scores.tll
-
-    best, seen = best_decade(tll, *decades)
-    lap.prior.variances = start
-    lap.prior.scale_variances(10.0**best)
-    _report_unconverged(seen, solves, best, lap.solver)
-    if not decades[0] < best < decades[1]:
-        smallest = best <= decades[0]
-        logger.warning(
-            "the held-out projections liked the %s prior scale searched best (%g times the "
-            "start): the best may lie beyond it, and the std be %s than it should",
-            "smallest" if smallest else "largest",
-            10.0**best,
-            "wider" if smallest else "narrower",
-        )
-    tried = sorted(seen)
-    return {
-        "factors": [10.0**e for e in tried],
-        "tll_per_pixel": [seen[e] for e in tried],
-        "chosen_factor": 10.0**best,
-        "samples_per_candidate": n_samples,
-        "worst_residual": [float(solves[e]["residual"].max()) for e in tried],
-    }
-
-
-def _merged(
-    solves: dict[str, torch.Tensor] | None, info: dict[str, Any]
-) -> dict[str, torch.Tensor]:
-    """``solves`` with the rows of one more solve's ``info`` (``residual``, ``stalled``)."""
-    if solves is None:
-        return {key: info[key] for key in ("residual", "stalled")}
-    return {key: torch.cat([solves[key], info[key]]) for key in solves}
-
-
-def _report_unconverged(
-    seen: dict[float, float],
-    solves: dict[float, dict[str, torch.Tensor]],
-    best: float,
-    solver: SolverConfig,
-) -> None:
-    """Warn when a candidate whose samples stopped above ten times the solver's tolerance is
-    one the choice rests on (the best scored and its scored neighbours, which place the
-    parabola's top); note the others. Such samples stay close to the prior, which widens
-    that candidate's predictive and lowers its held-out likelihood."""
-    residuals = {e: float(solves[e]["residual"].max()) for e in seen}
-    off = sorted(e for e in seen if solver.unconverged(residuals[e]))
-    if not off:
-        return
-    scored = sorted(seen)
-    top = scored.index(max(scored, key=seen.__getitem__))
-    rests_on = any(e in off for e in scored[max(top - 1, 0) : top + 2])
-    (logger.warning if rests_on else logger.info)(
-        "prior-scale search: the samples of the candidate factor%s %s stopped at relative "
-        "residuals up to %.1e (tolerance %.0e, at most %d iterations): %s",
-        "s" if len(off) > 1 else "",
-        ", ".join(f"{10.0**e:.3g}" for e in off),
-        max(residuals[e] for e in off),
-        solver.tolerance,
-        solver.iterations,
-        f"the chosen factor {10.0**best:.3g} rests on their held-out likelihood, which is "
-        f"uncertain ({solver.remedy(reduce(_merged, (solves[e] for e in off), None))})"
-        if rests_on
-        else "the chosen factor does not rest on them",
     )

@@ -1,7 +1,8 @@
 """Every file a run writes: the reconstruction (HDF5, TIFF), ``run.json`` and ``report.png``.
 
-:func:`write_results` writes the outputs of :data:`OUTPUTS` for one
-:class:`dip_uq.pipeline.Result`; the writers below it are its parts. Every file goes through
+:class:`Result` is what :func:`dip_uq.reconstruct` returns; :meth:`Result.save`
+(:func:`write_results`) writes the outputs of :data:`OUTPUTS` for it, and the writers below
+are its parts. Every file goes through
 :func:`dip_uq.checkpoint.atomic_write`: an interrupted run never leaves a half-written result
 and an existing file is replaced in one step.
 """
@@ -10,25 +11,130 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from .checkpoint import atomic_write
+from .version import __version__
 
 if TYPE_CHECKING:
     from .geometry import Volume
-    from .pipeline import Result
     from .scan import Scan
     from .settings import Settings
 
-__all__ = ["OUTPUTS", "save_report", "write_h5", "write_json", "write_results", "write_tiff"]
+__all__ = [
+    "OUTPUTS",
+    "Result",
+    "save_report",
+    "versions",
+    "write_h5",
+    "write_json",
+    "write_results",
+    "write_tiff",
+]
 
 # what write_results writes into its folder (std.tif only with a std map)
 OUTPUTS = ("reconstruction.h5", "mean.tif", "std.tif", "report.png", "run.json")
+
+
+@dataclass
+class Result:
+    """What a run produced; images are float32 NumPy arrays shaped like the volume.
+
+    Attributes:
+        mean: the reconstruction (the DIP, as ``settings.mean`` says, or the FBP for
+            ``method="fbp"``), ``(y, x)`` or ``(z, y, x)``, attenuation per length unit.
+        std: per-voxel posterior standard deviation in the same units, or None.
+        fbp: the FBP/FDK reference.
+        truth: the ground truth when the scan has one, else None.
+        scores: PSNR/SSIM of FBP and mean; with a std and a truth also coverage, TLL and
+            Spearman(std, |error|) (:func:`dip_uq.pipeline.scores`).
+        timings: seconds per stage.
+        hyperparameters: the noise and prior variances the Laplace used (after EM), and the
+            prior-scale search.
+        curves: per-iteration records for the report: DIP loss, EM history.
+        holdout: the held-out projections' scores (``settings.holdout``), else empty.
+        backend: the projector backend the run used (``"auto"`` resolved).
+        scan, volume, settings: what the run was given (recorded by :meth:`save`).
+        run_info: device, projector backend, threads and processes of the run.
+        samples: the std map's posterior deviations ``(samples, *volume)`` when asked for
+            (``keep_samples``), else None.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray | None
+    fbp: np.ndarray
+    truth: np.ndarray | None = None
+    scores: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    curves: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    holdout: dict[str, Any] = field(default_factory=dict)
+    backend: str = ""
+    scan: Scan | None = None
+    volume: Volume | None = None
+    settings: Settings | None = None
+    run_info: dict[str, Any] = field(default_factory=dict)
+    samples: torch.Tensor | None = None
+
+    def save(
+        self,
+        folder: str | os.PathLike,
+        *,
+        title: str = "dip-uq",
+        parameters: Mapping[str, Any] | None = None,
+        run_info: Mapping[str, Any] | None = None,
+        overwrite: bool = False,
+    ) -> list[Path]:
+        """Write what ``dip-uq reconstruct`` writes (:data:`OUTPUTS`) into ``folder``;
+        returns the files written.
+
+        ``title`` heads the report; ``parameters`` (the options as the user gave them) and
+        ``run_info`` (e.g. the command line) are recorded beside the run's own; existing
+        outputs are replaced only with ``overwrite`` (else a ``FileExistsError`` names them).
+        """
+        if self.scan is None or self.volume is None or self.settings is None:
+            raise ValueError("this Result does not record its scan, volume and settings")
+        out = Path(folder)
+        existing = [n for n in OUTPUTS if (out / n).exists()]
+        if existing and not overwrite:
+            raise FileExistsError(
+                f"{out} already holds {', '.join(existing)}; pass overwrite=True to replace "
+                "them or choose another folder"
+            )
+        out.mkdir(parents=True, exist_ok=True)
+        return write_results(
+            out,
+            self,
+            self.scan,
+            self.volume,
+            self.settings,
+            title=title,
+            parameters=parameters or {},
+            run_info={**(run_info or {}), "versions": versions(), **self.run_info},
+        )
+
+
+def versions() -> dict[str, str]:
+    """Versions recorded in run.json: dip-uq, torch, Python and ASTRA (when importable)."""
+    found = {
+        "dip_uq": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    try:
+        import astra
+
+        found["astra"] = astra.__version__
+    except ImportError:
+        pass
+    return found
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
@@ -195,7 +301,7 @@ def write_results(
 
     Args:
         out: the folder (created).
-        result: what :func:`dip_uq.pipeline.run` returned.
+        result: what :func:`dip_uq.reconstruct` returned.
         scan: the scan it ran on (its geometry and notes are recorded).
         volume: the reconstruction grid (recorded).
         settings: the pipeline settings it ran with (recorded).

@@ -1,18 +1,20 @@
-"""The reconstruct-and-quantify pipeline behind ``dip-uq demo`` and ``dip-uq reconstruct``.
+"""The method of ``dip-uq reconstruct`` as one call, :func:`reconstruct`, and the only place
+that puts the stages of :mod:`dip_uq.stages` in order.
 
 One scan goes through::
 
     FBP (always, as reference) → DIP → uncertainty → scores against the truth (when known)
 
-with the uncertainty from the linearised Laplace (EM for the prior and noise variances, then
-a per-voxel std map from posterior samples) or from a baseline (MC dropout, SGLD). Given a
-``work_dir``, every stage checkpoints there (the DIP every ``checkpoint_every`` iterations,
-EM after every step, the samples batch by batch) and a rerun with ``resume=True`` continues
-from the last checkpoint and reaches the same result as an uninterrupted run.
+with the uncertainty from the linearised Laplace (EM of the noise variance, the prior's scale
+cross-validated on projections a second fit did not see, then a per-voxel std map from
+posterior samples) or from a baseline (MC dropout, SGLD). Given a ``work_dir``, every stage
+checkpoints there (the DIP every 100 iterations, EM after every step, the samples batch by
+batch) and a rerun with ``resume=True`` continues from the last checkpoint and reaches the
+same result as an uninterrupted run.
 
 >>> from dip_uq.simulation import simulate_scan
 >>> scan = simulate_scan(size=16, angles=12, noise=0.02)
->>> result = run(scan, Settings(method="fbp"))
+>>> result = reconstruct(scan, method="fbp")
 >>> sorted(result.scores)
 ['psnr_fbp_db', 'ssim_fbp']
 """
@@ -24,7 +26,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,14 +35,18 @@ import torch
 
 from . import holdout, stages
 from .background import beside
+from .laplace.prior_scale import choose_prior_scale
 from .metrics import summary
 from .noise import estimate_noise_sigma
+from .outputs import Result
 from .scan import Scan, default_volume
 from .settings import MEANS, METHODS, PRIOR_SCALES, UQ_METHODS, Settings
+from .stages import RunContext
 
 if TYPE_CHECKING:
+    from .distributed import DistContext
     from .geometry import Volume
-    from .laplace.distributed import DistContext
+    from .laplace import LinearisedLaplace
     from .projector import RayTransform
 
 __all__ = [
@@ -49,48 +55,22 @@ __all__ = [
     "METHODS",
     "PRIOR_SCALES",
     "UQ_METHODS",
+    "Hook",
     "Result",
     "Settings",
     "find_checkpoints",
+    "reconstruct",
     "remove_checkpoints",
-    "run",
     "scores",
 ]
 
 COVERAGE_LEVELS = (0.5, 0.9, 0.95)
 # names in work_dir that belong to an unfinished run
 CHECKPOINTS = ("dip-checkpoint.pt", "em-checkpoint.pt", "samples", stages.CROSS_VALIDATION)
-
-
-@dataclass
-class Result:
-    """What the pipeline produced; images are float32 NumPy arrays shaped like the volume.
-
-    Attributes:
-        mean: the reconstruction (the DIP, as ``settings.mean`` says, or the FBP for
-            ``method="fbp"``), ``(y, x)`` or ``(z, y, x)``, attenuation per length unit.
-        std: per-voxel posterior standard deviation in the same units, or None.
-        fbp: the FBP/FDK reference.
-        truth: the ground truth when the scan has one, else None.
-        scores: PSNR/SSIM of FBP and mean; with a std and a truth also coverage, TLL and
-            Spearman(std, |error|) (:func:`scores`).
-        timings: seconds per stage.
-        hyperparameters: the noise and prior variances the Laplace used (after EM).
-        curves: per-iteration records for the report: DIP loss, EM history.
-        holdout: the held-out projections' scores (``settings.holdout``), else empty.
-        backend: the projector backend the run used (``"auto"`` resolved).
-    """
-
-    mean: np.ndarray
-    std: np.ndarray | None
-    fbp: np.ndarray
-    truth: np.ndarray | None = None
-    scores: dict[str, float] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)
-    hyperparameters: dict[str, Any] = field(default_factory=dict)
-    curves: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
-    holdout: dict[str, Any] = field(default_factory=dict)
-    backend: str = ""
+# hook(point, lap, mean) at LINEARISED (before EM) and at FITTED (after EM and the prior
+# scale, before the std map's samples); lap must be left as it was found
+Hook = Callable[[str, "LinearisedLaplace", torch.Tensor], None]
+LINEARISED, FITTED = "linearised", "fitted"
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
@@ -126,8 +106,26 @@ def _stage(timings: dict[str, float], name: str) -> Iterator[None]:
     timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
 
 
-def run(
-    scan: Scan,
+def _as_scan(data: Scan | tuple[RayTransform, Any]) -> tuple[Scan, Volume | None, str | None]:
+    """The scan of :func:`reconstruct`'s ``data``, the grid and backend an operator brings."""
+    if isinstance(data, Scan):
+        return data, None, None
+    try:
+        A, y = data
+        geometry, volume, backend = A.geometry, A.volume, A.backend
+    except (TypeError, ValueError, AttributeError):
+        raise ValueError(
+            "reconstruct takes a dip_uq.Scan or a pair (A, y) of a dip_uq.RayTransform and "
+            f"its sinogram, got {type(data).__name__}"
+        ) from None
+    sinogram = np.asarray(torch.as_tensor(y).detach().cpu(), dtype=np.float32)
+    if sinogram.shape != tuple(A.range_shape):
+        raise ValueError(f"y has shape {sinogram.shape}; A maps to {tuple(A.range_shape)}")
+    return Scan(sinogram=sinogram, geometry=geometry), volume, backend
+
+
+def reconstruct(
+    data: Scan | tuple[RayTransform, Any],
     settings: Settings | None = None,
     *,
     volume: Volume | None = None,
@@ -137,12 +135,17 @@ def run(
     resume: bool = False,
     progress: bool = False,
     group: DistContext | None = None,
+    hook: Hook | None = None,
+    keep_samples: bool = False,
+    **options: Any,
 ) -> Result:
-    """Reconstruct ``scan`` and quantify its uncertainty.
+    """Reconstruct a scan and quantify its uncertainty: what ``dip-uq reconstruct`` runs.
 
     Args:
-        scan: line integrals, geometry and (for simulated scans) the truth.
-        settings: what to run (:class:`Settings`; default: DIP + linearised Laplace).
+        data: a :class:`~dip_uq.Scan` (line integrals, geometry and, for simulated scans, the
+            truth), or a pair ``(A, y)``: a :class:`~dip_uq.RayTransform` and its sinogram
+            ``A.range_shape`` (then ``A``'s grid and backend are used).
+        settings: what to run; the defaults are those of ``dip-uq reconstruct``.
         volume: the reconstruction grid; default ``scan.volume`` or
             :func:`dip_uq.scan.default_volume`.
         backend: projector backend (``"auto"``, ``"torch"``, ``"astra"``).
@@ -151,24 +154,44 @@ def run(
         resume: continue from the checkpoints in ``work_dir``; without it, existing
             checkpoints are an error (nothing is overwritten by accident).
         progress: show progress bars.
-        group: a :class:`dip_uq.laplace.distributed.DistContext` (``torchrun``): rank 0 fits
-            the DIP and the others receive it; the posterior samples of EM and of the std
-            map are shared out, and every rank returns the same result. Linearised Laplace
-            only; the result is that of one process with the same thread count.
+        group: a :class:`dip_uq.distributed.DistContext` (``torchrun``): rank 0 fits the DIP
+            and the others receive it; the posterior samples of EM and of the std map are
+            shared out, and every rank returns the same result. Linearised Laplace only; the
+            result is that of one process with the same thread count.
+        hook: called as ``hook(point, lap, mean)`` with the linearised Laplace at
+            ``"linearised"`` (before EM) and at ``"fitted"`` (before the std map's samples),
+            for a caller that draws its own samples there (:mod:`dip_uq.evaluate`); it must
+            leave ``lap``'s hyperparameters as it found them.
+        keep_samples: keep the std map's posterior deviations in :attr:`Result.samples`.
+        **options: :class:`~dip_uq.pipeline.Settings` fields (``iterations=``,
+            ``samples=``, ``channels=``, ...), replacing those of ``settings``.
+
+    Returns:
+        The :class:`Result`; :meth:`Result.save` writes what the command writes.
+
+    Raises:
+        ValueError: an unknown option, a bad setting, or checkpoints in ``work_dir``
+            without ``resume``.
     """
-    settings = settings or Settings()
+    known = {f.name for f in fields(Settings)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {', '.join(unknown)}; reconstruct takes the fields of "
+            "dip_uq.pipeline.Settings"
+        )
+    settings = replace(settings or Settings(), **options)
+    scan, grid, operator_backend = _as_scan(data)
+    backend = operator_backend or backend
     if group is not None and (settings.method, settings.uq) != ("dip", "laplace"):
         raise ValueError(
             "several processes share out the linearised-Laplace samples only; run "
             f"method={settings.method!r}, uq={settings.uq!r} as one process (without torchrun)"
         )
-    main = group is None or group.is_main
-    progress = progress and main
     device = torch.device(device)
-    volume = volume or scan.volume or default_volume(scan)
+    volume = volume or grid or scan.volume or default_volume(scan)
     # before the work folder is touched: a K beyond the scan's angles fails here
     data = holdout.split_scan(scan, volume, settings.holdout, backend=backend, device=device)
-    A, y, A_held, y_held = data.A, data.y, data.A_held, data.y_held
     work_dir = None if work_dir is None else Path(work_dir)
     if work_dir is not None:
         found = find_checkpoints(work_dir)
@@ -178,156 +201,154 @@ def run(
                 "pass resume=True to continue it, or remove them to start again"
             )
         work_dir.mkdir(parents=True, exist_ok=True)
+    ctx = RunContext(device, work_dir, progress and (group is None or group.is_main), group)
     timings: dict[str, float] = {}
     with _stage(timings, "fbp_s"):
-        fbp = A.fbp(y, filter=settings.fbp_filter)
-    mean, std, hyper, curves, held_out = fbp, None, {}, {}, {}
-    if settings.method == "dip" and settings.uq in ("mcdropout", "sgld"):
-        with _stage(timings, "dip_and_uncertainty_s"):
-            result = stages.fit_baseline(A, y, settings, device=device, progress=progress)
-        mean, std = result.mean, result.std
-        curves["DIP loss"] = {"loss": np.asarray(result.history["loss"])}
-        if settings.holdout:  # the baselines' noise level: the DIP's estimate from the data
-            sigma = estimate_noise_sigma(y, A.geometry)
-            held_out = holdout.check(
-                A_held, y_held, mean, result.samples - mean, sigma**2, every=settings.holdout
-            ).to_dict()
-    elif settings.method == "dip":
-        mean, std, hyper, curves, held_out = _dip(
-            A, y, A_held, y_held, settings, timings, device, work_dir, progress, group
-        )
+        fbp = data.A.fbp(data.y, filter=settings.fbp_filter)
     result = Result(
-        mean=_numpy(mean),
-        std=None if std is None else _numpy(std),
+        mean=_numpy(fbp),
+        std=None,
         fbp=_numpy(fbp),
         truth=None if scan.truth is None else np.asarray(scan.truth, dtype=np.float32),
         timings=timings,
-        hyperparameters=hyper,
-        curves=curves,
-        holdout=held_out,
-        backend=A.backend,
+        backend=data.A.backend,
+        scan=scan,
+        volume=volume,
+        settings=settings,
+        run_info={
+            "device": str(device),
+            "projector_backend": data.A.backend,
+            "threads": torch.get_num_threads(),
+            "processes": 1 if group is None else group.world_size,
+        },
     )
+    if settings.method == "dip" and settings.uq in ("mcdropout", "sgld"):
+        _baseline(data, settings, ctx, result, keep_samples)
+    elif settings.method == "dip":
+        _dip(data, settings, ctx, result, hook, keep_samples)
     if result.truth is not None:
         dip_mean = result.mean if settings.method == "dip" else None
         result.scores = scores(result.truth, result.fbp, dip_mean, result.std)
     if group is not None:
         group.barrier()  # every rank has finished reading the checkpoints
-    if work_dir is not None and main:  # finished: the checkpoints have served their purpose
+    if work_dir is not None and ctx.is_main:  # finished: the checkpoints have served their purpose
         remove_checkpoints(work_dir)
     return result
 
 
+def _baseline(
+    data: holdout.Data, settings: Settings, ctx: RunContext, result: Result, keep_samples: bool
+) -> None:
+    """MC dropout or SGLD (``settings.uq``) into ``result``."""
+    with _stage(result.timings, "dip_and_uncertainty_s"):
+        fitted = stages.fit_baseline(data.A, data.y, settings, ctx)
+    result.mean, result.std = _numpy(fitted.mean), _numpy(fitted.std)
+    result.curves["DIP loss"] = {"loss": np.asarray(fitted.history["loss"])}
+    if keep_samples:
+        result.samples = fitted.samples - fitted.mean
+    if settings.holdout:  # the baselines' noise level: the DIP's estimate from the data
+        sigma = estimate_noise_sigma(data.y, data.A.geometry)
+        result.holdout = holdout.check(
+            data.A_held,
+            data.y_held,
+            fitted.mean,
+            fitted.samples - fitted.mean,
+            sigma**2,
+            every=settings.holdout,
+        ).to_dict()
+
+
 def _dip(
-    A: RayTransform,
-    y: torch.Tensor,
-    A_held: RayTransform | None,
-    y_held: torch.Tensor | None,
+    data: holdout.Data,
     settings: Settings,
-    timings: dict[str, float],
-    device: torch.device,
-    work_dir: Path | None,
-    progress: bool,
-    group: DistContext | None,
-) -> tuple[torch.Tensor, torch.Tensor | None, dict, dict, dict]:
-    """The DIP and, for ``uq="laplace"``, its linearised Laplace: ``(mean, std,
-    hyperparameters, curves, held-out scores)`` of :func:`run`.
+    ctx: RunContext,
+    result: Result,
+    hook: Hook | None,
+    keep_samples: bool,
+) -> None:
+    """The DIP and, for ``uq="laplace"``, its linearised Laplace, into ``result``.
 
     The cross-validated prior scale's second DIP fit runs beside the fit to all projections
     (:func:`dip_uq.background.beside`; on a CPU, in one process, and not when a resumed run
     finds its search done), each on half the threads; EM, the second fit's linearisation and
     search, and the std map then follow on all threads.
     """
+    A, y, timings = data.A, data.y, result.timings
     laplace = settings.uq == "laplace"
     cross_validated = laplace and settings.prior_scale == "cross-validated"
 
     def second_fit(check: Callable[[], None]) -> stages.CrossValidationFit:
-        return stages.fit_cross_validation(
-            A, y, settings, device=device, work_dir=work_dir, progress=progress, check=check
-        )
+        return stages.fit_cross_validation(A, y, settings, ctx, check=check)
 
     alongside = (
         cross_validated
-        and device.type == "cpu"  # measured on CPUs; on a GPU both would share one stream
-        and group is None
-        and not stages.saved_search(work_dir)
+        and ctx.device.type == "cpu"  # on a GPU both would share one stream
+        and ctx.group is None
+        and not stages.saved_search(ctx.work_dir)
     )
-    curves: dict[str, dict[str, np.ndarray]] = {}
     with beside(second_fit, enabled=alongside) as background:
         with _stage(timings, "dip_s"):
-            rec = stages.fit_dip(
-                A,
-                y,
-                settings,
-                device=device,
-                checkpoint=None if work_dir is None else work_dir / "dip-checkpoint.pt",
-                progress=progress,
-                group=group,
-            )
+            rec = stages.fit_dip(A, y, settings, ctx, checkpoint=ctx.file("dip-checkpoint.pt"))
             mean = rec.predict()
         with _stage(timings, "cross_validation_s"):
             fitted = None if background is None else background.result()
-    curves["DIP loss"] = {"loss": np.asarray(rec.history["loss"])}
+    result.mean = _numpy(mean)
+    result.curves["DIP loss"] = {"loss": np.asarray(rec.history["loss"])}
     if not laplace:
-        return mean, None, {}, curves, {}
+        return
     # after the fits, on all threads: batched Jacobian products do use a second thread
     with _stage(timings, "uncertainty_s"):
-        lap = stages.linearise(rec, y, settings, group=group)
-        stages.fit_em(
-            lap,
-            settings,
-            checkpoint=None if work_dir is None else work_dir / "em-checkpoint.pt",
-            fingerprint=stages.checkpoint_fingerprint(settings, y),
-            progress=progress,
-        )
-    search, held_out = {}, {}
+        lap = stages.linearise(rec, y, settings, group=ctx.group)
+        if hook is not None:
+            hook(LINEARISED, lap, mean)
+        stages.fit_em(lap, settings, ctx, fingerprint=stages.checkpoint_fingerprint(settings, y))
+    search = {}
     if cross_validated:  # a factor found by a second fit
         with _stage(timings, "cross_validation_s"):
             search = stages.cross_validate_prior_scale(
-                A,
-                y,
-                settings,
-                noise_variance=lap.noise_variance,
-                device=device,
-                work_dir=work_dir,
-                progress=progress,
-                group=group,
-                fitted=fitted,
+                A, y, settings, ctx, noise_variance=lap.noise_variance, fitted=fitted
             )
         lap.prior.scale_variances(search["chosen_factor"])
     with _stage(timings, "uncertainty_s"):
         if settings.prior_scale == "holdout":
-            search = holdout.choose_prior_scale(
+            search = choose_prior_scale(
                 lap,
-                A_held,
-                y_held,
+                data.A_held,
+                data.y_held,
                 mean,
-                n_samples=settings.samples_per_step,
+                samples=settings.samples_per_step,
                 batch=settings.batch,
             )
+        if hook is not None:
+            hook(FITTED, lap, mean)
         moments = lap.moments(
             settings.samples,
             batch=settings.batch,
-            checkpoint=None if work_dir is None else work_dir / "samples",
-            keep_samples=bool(settings.holdout),
-            progress=progress,
+            checkpoint=ctx.file("samples"),
+            keep_samples=bool(settings.holdout) or keep_samples,
+            progress=ctx.progress,
         )
         std = moments.std.to(mean.dtype)
         if settings.mean == "linear":
             mean = lap.mean()
         if settings.holdout:
-            held_out = holdout.check(
-                A_held,
-                y_held,
+            result.holdout = holdout.check(
+                data.A_held,
+                data.y_held,
                 mean,
                 moments.samples,
                 lap.noise_variance,
                 every=settings.holdout,
-                group=group,
+                group=ctx.group,
             ).to_dict()
+    result.mean, result.std = _numpy(mean), _numpy(std)
+    if keep_samples:
+        result.samples = moments.samples
     hyper, em_curves = stages.hyperparameters(lap, settings)
     if search:
         hyper["prior_scale_search"] = search
-    return mean, std, hyper, {**curves, **em_curves}, held_out
+    result.hyperparameters = hyper
+    result.curves.update(em_curves)
 
 
 def find_checkpoints(work_dir: Path) -> list[str]:

@@ -32,7 +32,7 @@ class Settings:
         scales: U-Net resolutions; ``None``: the default for the grid.
         samples: posterior samples for the std map.
         em_steps: steps of sample-based EM (0: none), which fits the noise variance
-            (``fit_noise``) and, with ``em_prior``, the prior's scale. Two steps of the noise
+            (``fit_noise``) and, with ``fit_prior``, the prior's scale. Two steps of the noise
             alone took the DIP's estimate (0.78–1.55 σ_y² on five scans) to 0.82–1.01 σ_y².
         em_samples: posterior samples per EM step; ``None``: ``samples``.
         cg_iterations: the most conjugate-gradient iterations per sampling solve (each
@@ -41,10 +41,10 @@ class Settings:
             ``None``: :func:`dip_uq.laplace.preconditioner.default_rank`).
         batch: samples solved together; ``None``: all at once. The samples do not depend
             on it (nor on the number of processes).
-        em_per_block: let EM fit every block's prior variance on its own instead of one
+        per_block: let EM fit every block's prior variance on its own instead of one
             scale for all (see :meth:`dip_uq.LinearisedLaplace.fit_hyperparameters`).
         fit_noise: let EM fit the noise variance (default) from the DIP's estimate.
-        em_prior: let EM fit the prior's scale too (off: it made the std overconfident,
+        fit_prior: let EM fit the prior's scale too (off: it made the std overconfident,
             see :mod:`dip_uq.laplace.em`).
         gprior: the g-prior (default; :mod:`dip_uq.laplace.gprior`,
             :class:`dip_uq.LinearisedLaplace`).
@@ -64,7 +64,7 @@ class Settings:
             :func:`dip_uq.holdout.best_decade`, at EM's noise variance) is applied to the
             weights' scale of the first (a second DIP fit and 4-6 sets of ``em_samples``
             samples; the ``holdout`` check, if asked for, stays independent of it).
-            ``"weights"``: the scale of the fitted weights (and EM's, with ``em_prior``);
+            ``"weights"``: the scale of the fitted weights (and EM's, with ``fit_prior``);
             ``"holdout"``: the search on this run's own held-out projections (needs
             ``holdout``; no longer an independent check).
     """
@@ -80,9 +80,9 @@ class Settings:
     cg_iterations: int = SolverConfig.iterations
     preconditioner_rank: int | None = SolverConfig.preconditioner_rank
     batch: int | None = None
-    em_per_block: bool = False
+    per_block: bool = False
     fit_noise: bool = True
-    em_prior: bool = False
+    fit_prior: bool = False
     gprior: bool = True
     mean: str = "network"
     seed: int = 0
@@ -111,16 +111,16 @@ class Settings:
                 )
         if self.prior_scale == "holdout" and not self.holdout:
             raise ValueError("prior_scale='holdout' needs held-out projections: set holdout=K")
-        if self.prior_scale != "weights" and self.em_steps and self.em_prior:
+        if self.prior_scale != "weights" and self.em_steps and self.fit_prior:
             raise ValueError(
-                f"prior_scale={self.prior_scale!r} chooses the scale EM would fit: use em_prior "
+                f"prior_scale={self.prior_scale!r} chooses the scale EM would fit: use fit_prior "
                 "with prior_scale='weights'"
             )
         if self.mean == "linear" and (self.method, self.uq) != ("dip", "laplace"):
             raise ValueError("mean='linear' is the Laplace posterior's mean: it needs uq='laplace'")
-        if self.em_steps and not (self.fit_noise or self.em_prior):
+        if self.em_steps and not (self.fit_noise or self.fit_prior):
             raise ValueError(
-                "EM has nothing to fit: set fit_noise or em_prior, or em_steps=0 for no EM"
+                "EM has nothing to fit: set fit_noise or fit_prior, or em_steps=0 for no EM"
             )
         self.solver_config()  # the solver settings are checked where they are defined
 

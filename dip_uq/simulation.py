@@ -188,6 +188,7 @@ def simulate(
 
 def simulate_scan(
     phantom: str = "shepp-logan",
+    *,
     dim: int = 2,
     size: int = 64,
     geometry: str = "parallel",
@@ -204,8 +205,8 @@ def simulate_scan(
     unit phantom value. The detector has ``1.5 · size`` columns (and ``size`` rows in 3D) of
     1 mm at the rotation axis, so the whole grid is seen from every angle; fan and cone beams
     have the source ``4 · size`` mm before and the detector ``2 · size`` mm behind the axis
-    (magnification 1.5). ``angles`` projections are spread evenly over ``arc`` degrees
-    without repeating the end point; ``arc < 180`` is a limited-angle scan. The sinogram gets
+    (magnification 1.5). ``angles`` projections are spread evenly over ``arc`` radians
+    without repeating the end point; ``arc < π`` is a limited-angle scan. The sinogram gets
     relative Gaussian noise ``noise`` (:func:`simulate`).
 
     Args:
@@ -214,7 +215,7 @@ def simulate_scan(
         size: voxels per side (>= 8).
         geometry: ``"parallel"`` or ``"fan"`` (2D); ``"parallel"`` or ``"cone"`` (3D).
         angles: number of projections (>= 1).
-        arc: angular range in degrees; default 180 for parallel beam, 360 for fan and cone.
+        arc: angular range in radians; default π for parallel beam, 2π for fan and cone.
         noise: relative Gaussian noise level (>= 0).
         seed: seeds the noise and the random ellipses.
         device: where the simulation runs; the returned arrays are NumPy.
@@ -238,10 +239,10 @@ def simulate_scan(
         raise ValueError(f"size must be an integer >= 8, got {size!r}")
     if isinstance(angles, bool) or not isinstance(angles, Integral) or angles < 1:
         raise ValueError(f"angles must be a positive integer, got {angles!r}")
-    arc = (180.0 if geometry == "parallel" else 360.0) if arc is None else float(arc)
-    if not (0 < arc <= 360):
-        raise ValueError(f"arc must be in (0, 360] degrees, got {arc!r}")
-    theta = np.deg2rad(arc) * np.arange(angles) / angles
+    arc = (np.pi if geometry == "parallel" else 2 * np.pi) if arc is None else float(arc)
+    if not (0 < arc <= 2 * np.pi):
+        raise ValueError(f"arc must be in (0, 2π] radians, got {arc!r}")
+    theta = arc * np.arange(angles) / angles
     cols = round(1.5 * size)
     det_shape = (cols,) if dim == 2 else (size, cols)
     if geometry == "parallel":
@@ -254,8 +255,8 @@ def simulate_scan(
     truth = make(volume.shape, device=device) * SCAN_ATTENUATION
     y = simulate(RayTransform(volume, scan_geometry), truth, noise=noise, seed=seed)
     note = (
-        f"simulated: {phantom} phantom, {dim}D {geometry} beam, {angles} angles over {arc:g}°, "
-        f"{100 * noise:g}% Gaussian noise, seed {seed}"
+        f"simulated: {phantom} phantom, {dim}D {geometry} beam, {angles} angles over "
+        f"{np.rad2deg(arc):g}°, {100 * noise:g}% Gaussian noise, seed {seed}"
     )
     return Scan(
         y.cpu().numpy(),

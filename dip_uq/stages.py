@@ -1,15 +1,17 @@
 """The stages of a run, one function each: the DIP fit, its linearisation, EM, the
-cross-validated prior scale, and the baselines; :func:`dip_uq.pipeline.run` puts them in order.
+cross-validated prior scale, and the baselines; :func:`dip_uq.pipeline.reconstruct` alone
+puts them in order.
 
-Each stage takes the run's :class:`~dip_uq.settings.Settings`; the ones that can be
-interrupted checkpoint to a file they are given and resume from it.
+Each stage takes the run's :class:`~dip_uq.settings.Settings` and its :class:`RunContext`
+(device, work folder, progress, process group); the ones that can be interrupted checkpoint
+into the work folder and resume from it.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,19 +20,22 @@ import torch
 
 from . import baselines, holdout
 from .checkpoint import load, save
+from .diagnostics import warn_not_converged
 from .dip import DIP
+from .distributed import broadcast_params
 from .laplace import LinearisedLaplace, em
-from .laplace.distributed import share_fit
+from .laplace.prior_scale import choose_prior_scale
 from .networks import UNet
 from .projector import RayTransform
 from .settings import CROSS_VALIDATION_EVERY, Settings
 
 if TYPE_CHECKING:
-    from .laplace.distributed import DistContext
+    from .distributed import DistContext
 
 __all__ = [
     "CROSS_VALIDATION",
     "CrossValidationFit",
+    "RunContext",
     "build_network",
     "checkpoint_fingerprint",
     "cross_validate_prior_scale",
@@ -41,6 +46,7 @@ __all__ = [
     "hyperparameters",
     "linearise",
     "saved_search",
+    "share_fit",
 ]
 
 CROSS_VALIDATION = "cross-validation"  # the folder of the cross-validated prior scale's fit
@@ -49,6 +55,33 @@ CROSS_VALIDATION = "cross-validation"  # the folder of the cross-validated prior
 EM_CHECKPOINT = "dip_uq.pipeline EM checkpoint 1"
 SEARCH_CHECKPOINT = "dip_uq.pipeline prior-scale search 1"
 logger = logging.getLogger("dip_uq")
+
+
+@dataclass
+class RunContext:
+    """Where and how a run's stages compute, the same for all of them.
+
+    Attributes:
+        device: where to compute.
+        work_dir: the folder of the checkpoints; None: no checkpoints.
+        progress: show progress bars (rank 0 only under ``torchrun``).
+        group: the ``torchrun`` processes sharing the samples
+            (:class:`dip_uq.distributed.DistContext`), or None for one process.
+    """
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    work_dir: Path | None = None
+    progress: bool = False
+    group: DistContext | None = None
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes files and shows progress (rank 0, or the only one)."""
+        return self.group is None or self.group.is_main
+
+    def file(self, name: str) -> Path | None:
+        """``work_dir / name``, or None without a work folder."""
+        return None if self.work_dir is None else self.work_dir / name
 
 
 def build_network(shape: tuple[int, ...], settings: Settings) -> UNet:
@@ -63,12 +96,11 @@ def fit_baseline(
     A: RayTransform,
     y: torch.Tensor,
     settings: Settings,
-    *,
-    device: torch.device,
-    progress: bool = False,
+    ctx: RunContext | None = None,
 ) -> baselines.UQResult:
     """The MC-dropout or SGLD DIP of ``settings.uq`` (:mod:`dip_uq.baselines`) on ``y``,
     with the run's network, iterations, samples and seed."""
+    ctx = ctx or RunContext()
     baseline = {"mcdropout": baselines.mc_dropout, "sgld": baselines.sgld}[settings.uq]
     return baseline(
         A,
@@ -76,8 +108,8 @@ def fit_baseline(
         n_samples=settings.samples,
         iterations=settings.iterations,
         seed=settings.seed,
-        device=device,
-        progress=progress,
+        device=ctx.device,
+        progress=ctx.progress,
         network=build_network(A.volume.shape, settings),
     )
 
@@ -86,34 +118,45 @@ def fit_dip(
     A: RayTransform,
     y: torch.Tensor,
     settings: Settings,
+    ctx: RunContext | None = None,
     *,
-    device: torch.device,
     checkpoint: Path | None = None,
-    progress: bool = False,
-    group: DistContext | None = None,
     check: Callable[[], None] | None = None,
 ) -> DIP:
     """Fit the deep image prior of a run to ``y`` (``A.range_shape``) and return it.
 
     ``checkpoint`` is the DIP's checkpoint file (resumed when present). With a process
-    ``group`` rank 0 fits and the other ranks receive its fit. ``check`` is called after
-    every iteration (to abort the fit, it raises).
+    group rank 0 fits and the other ranks receive its fit (:func:`share_fit`). ``check`` is
+    called after every iteration (to abort the fit, it raises).
     """
-    main = group is None or group.is_main
+    ctx = ctx or RunContext()
     rec = DIP(
         A,
         iterations=settings.iterations,
         seed=settings.seed,
-        device=device,
-        progress=progress,
+        device=ctx.device,
+        progress=ctx.progress,
         network=build_network(A.volume.shape, settings),
-        checkpoint=checkpoint if main else None,
+        checkpoint=checkpoint if ctx.is_main else None,
     )
-    if main:
+    if ctx.is_main:
         rec.fit(y, callback=None if check is None else lambda *_: check())
-    if group is not None:
-        share_fit(rec, group)  # the DIP is fitted once, on rank 0
+    if ctx.group is not None:
+        share_fit(rec, ctx.group)
     return rec
+
+
+def share_fit(rec: DIP, group: DistContext, src: int = 0) -> None:
+    """Give every rank of ``group`` the DIP fit of rank ``src``, so the DIP is fitted once.
+
+    On ``src``, ``rec`` is fitted; on the other ranks it is a ``DIP`` built with the same
+    arguments, and afterwards holds ``src``'s :meth:`~dip_uq.DIP.state_dict`.
+    """
+    if group.rank == src and rec.params_star is None:
+        raise ValueError(f"rank {src} must fit the DIP (rec.fit(y)) before share_fit")
+    state = broadcast_params(rec.state_dict() if group.rank == src else None, group, src)
+    if group.rank != src:
+        rec.load_state_dict(state)
 
 
 def linearise(
@@ -144,36 +187,38 @@ def linearise(
 def fit_em(
     lap: LinearisedLaplace,
     settings: Settings,
+    ctx: RunContext | None = None,
     *,
-    checkpoint: Path | None = None,
     fingerprint: dict[str, Any] | None = None,
-    progress: bool = False,
 ) -> None:
-    """``settings.em_steps`` steps of sample-based EM on ``lap``, checkpointed after each.
+    """``settings.em_steps`` steps of sample-based EM on ``lap``, checkpointed after each into
+    the work folder's ``em-checkpoint.pt``.
 
-    One step per call of :meth:`LinearisedLaplace.fit_hyperparameters`, so that a run resumed
-    from ``checkpoint`` (written by rank 0 of ``lap.group``) repeats an uninterrupted one;
-    ``fingerprint`` is what the checkpoint must match. Warns when EM has not settled.
+    One step per call of :meth:`LinearisedLaplace.fit_hyperparameters`, so that a resumed run
+    (the checkpoint written by rank 0) repeats an uninterrupted one; ``fingerprint`` is what
+    the checkpoint must match. Warns (:class:`~dip_uq.diagnostics.NotConvergedWarning`) when
+    EM has not settled.
     """
+    ctx = ctx or RunContext()
     from tqdm.auto import tqdm
 
-    main = lap.group is None or lap.group.is_main
+    checkpoint = ctx.file("em-checkpoint.pt")
     done, fingerprint = 0, fingerprint or {}
     state = None if checkpoint is None else load(checkpoint, EM_CHECKPOINT, fingerprint)
     if state is not None:
         lap.load_state_dict(state["laplace"])
         done = state["em_steps_done"]
     steps = range(done, settings.em_steps)
-    for step in tqdm(steps, desc="EM", disable=not progress or not steps):
+    for step in tqdm(steps, desc="EM", disable=not ctx.progress or not steps):
         lap.fit_hyperparameters(
             1,
-            n_samples=settings.samples_per_step,
+            settings.samples_per_step,
             batch=settings.batch,
-            per_block=settings.em_per_block,
+            per_block=settings.per_block,
             fit_noise=settings.fit_noise,
-            fit_prior=settings.em_prior,
+            fit_prior=settings.fit_prior,
         )
-        if checkpoint is not None and main:
+        if checkpoint is not None and ctx.is_main:
             save(
                 checkpoint,
                 EM_CHECKPOINT,
@@ -181,8 +226,8 @@ def fit_em(
                 {"laplace": lap.state_dict(), "em_steps_done": step + 1},
             )
     unsettled = em.unsettled(lap.history)
-    if unsettled and main:
-        logger.warning("%s; the std may still be off: raise Settings.em_steps", unsettled)
+    if unsettled and ctx.is_main:
+        warn_not_converged(f"{unsettled}; the std may still be off", "em_steps")
 
 
 def hyperparameters(
@@ -194,7 +239,7 @@ def hyperparameters(
     curves = {}
     if settings.em_steps:  # without EM the "curves" would be single points
         curves["EM noise variance σ_y²"] = {"σ_y²": np.asarray(history["noise_variance"])}
-    if settings.em_steps and settings.em_prior:  # else flat lines, before any scale factor
+    if settings.em_steps and settings.fit_prior:  # else flat lines, before any scale factor
         curves["EM prior variances σ_b²"] = {
             name.split("/", 1)[1]: np.asarray(values)
             for name, values in history.items()
@@ -239,11 +284,8 @@ def fit_cross_validation(
     A: RayTransform,
     y: torch.Tensor,
     settings: Settings,
+    ctx: RunContext | None = None,
     *,
-    device: torch.device,
-    work_dir: Path | None = None,
-    progress: bool = False,
-    group: DistContext | None = None,
     check: Callable[[], None] | None = None,
 ) -> CrossValidationFit:
     """Fit a DIP to all but every :data:`~dip_uq.settings.CROSS_VALIDATION_EVERY`-th
@@ -252,11 +294,12 @@ def fit_cross_validation(
     :func:`cross_validate_prior_scale` that needs neither the noise variance nor
     forward-mode AD (whose dual levels PyTorch keeps per process, not per thread), so that it
     can run beside the fit to all projections. ``check`` is called after every
-    iteration (to abort, it raises); with ``work_dir`` the DIP checkpoints into
-    ``work_dir / CROSS_VALIDATION``.
+    iteration (to abort, it raises); the DIP checkpoints into the work folder's
+    :data:`CROSS_VALIDATION` folder.
     """
-    folder = None if work_dir is None else work_dir / CROSS_VALIDATION
-    if folder is not None and (group is None or group.is_main):  # rank 0 alone writes
+    ctx = ctx or RunContext()
+    folder = ctx.file(CROSS_VALIDATION)
+    if folder is not None and ctx.is_main:  # rank 0 alone writes
         folder.mkdir(parents=True, exist_ok=True)
     kept, held, where = holdout.cross_validation_indices(A.geometry, CROSS_VALIDATION_EVERY)
     data = holdout.split(A, y, kept, held)
@@ -269,10 +312,8 @@ def fit_cross_validation(
         data.A,
         data.y,
         settings,
-        device=device,
+        ctx,
         checkpoint=None if folder is None else folder / "dip-checkpoint.pt",
-        progress=progress,
-        group=group,
         check=check,
     )
     return CrossValidationFit(rec, data, where)
@@ -282,12 +323,9 @@ def cross_validate_prior_scale(
     A: RayTransform,
     y: torch.Tensor,
     settings: Settings,
+    ctx: RunContext | None = None,
     *,
     noise_variance: float,
-    device: torch.device,
-    work_dir: Path | None = None,
-    progress: bool = False,
-    group: DistContext | None = None,
     fitted: CrossValidationFit | None = None,
 ) -> dict[str, Any]:
     """The factor on the prior's scale that the projections a fit did not see like best.
@@ -295,30 +333,29 @@ def cross_validate_prior_scale(
     The second DIP (:func:`fit_cross_validation`; ``fitted`` when it was fitted already) is
     linearised with the noise variance ``noise_variance`` (``σ_y²``, that of the fit to all
     projections after its EM: the noise is the scan's, and a second EM would cost as many
-    samples again); then :func:`dip_uq.holdout.choose_prior_scale` searches the factor on
-    the weights' scale by the held-out projections' likelihood.
+    samples again); then :func:`dip_uq.laplace.prior_scale.choose_prior_scale` searches the
+    factor on the weights' scale by the held-out projections' likelihood.
     Returns that search (``chosen_factor``, the factors tried and their held-out
-    log-likelihoods). With ``work_dir`` the fit checkpoints into
-    ``work_dir / CROSS_VALIDATION`` and a resumed run reads the search from there (refused
+    log-likelihoods). With a work folder the fit checkpoints into its
+    :data:`CROSS_VALIDATION` folder and a resumed run reads the search from there (refused
     with a ``ValueError`` when written for other settings, data or noise variance).
     """
-    done = _search_file(work_dir)
+    ctx = ctx or RunContext()
+    done = _search_file(ctx.work_dir)
     stamp = {**checkpoint_fingerprint(settings, y), "noise_variance": noise_variance}
     saved = None if done is None else load(done, SEARCH_CHECKPOINT, stamp, rtol=1e-9)
     if saved is not None:
         return saved["search"]
     if fitted is None:
-        fitted = fit_cross_validation(
-            A, y, settings, device=device, work_dir=work_dir, progress=progress, group=group
-        )
+        fitted = fit_cross_validation(A, y, settings, ctx)
     data = fitted.data
-    lap = linearise(fitted.rec, data.y, settings, noise_variance=noise_variance, group=group)
-    search = holdout.choose_prior_scale(
+    lap = linearise(fitted.rec, data.y, settings, noise_variance=noise_variance, group=ctx.group)
+    search = choose_prior_scale(
         lap,
         data.A_held,
         data.y_held,
         fitted.rec.predict(),
-        n_samples=settings.samples_per_step,
+        samples=settings.samples_per_step,
         batch=settings.batch,
     )
     search.update(
@@ -327,7 +364,7 @@ def cross_validate_prior_scale(
         held_out=fitted.held_out,
     )
     logger.info("cross-validated prior scale: %.3g times the weights'", search["chosen_factor"])
-    if done is not None and (group is None or group.is_main):
+    if done is not None and ctx.is_main:
         save(done, SEARCH_CHECKPOINT, stamp, {"search": search})
     return search
 

@@ -5,7 +5,7 @@ two parts whose unit prices this script measures in one run, per size ``N`` (con
 demo's 24 angles, 2 % noise, its 16-channel U-Net, all of PyTorch's threads):
 
 * the DIP fits: the fit to all projections and the cross-validation's second fit, side by
-  side in two Python threads with half the threads each (as :func:`dip_uq.pipeline.run`
+  side in two Python threads with half the threads each (as :func:`dip_uq.reconstruct`
   fits them): wall seconds per pair of steps (``--steps`` steps; the reference, a DIP step
   on all threads, is measured too), times the default iterations for 2 % noise
   (:func:`dip_uq.noise.default_iterations`);

@@ -4,7 +4,7 @@ one thread each do more work than one fit on all threads.
 For the demos' U-Nets (2D 64², 32 channels, 30 parallel angles; 3D 24³, 16 channels, 24
 cone-beam angles) it times a DIP step three ways in one run: one fit on one thread (the
 reference), one fit on two threads, and two fits at once in two Python threads with one
-intra-op thread each (how :func:`dip_uq.pipeline.run` fits the cross-validation's second DIP
+intra-op thread each (how :func:`dip_uq.reconstruct` fits the cross-validation's second DIP
 beside the first). Reported: seconds per step, and the speed-up over the reference in steps
 done per second of wall time.
 

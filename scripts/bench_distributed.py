@@ -32,8 +32,8 @@ import torch.multiprocessing as mp
 from torch.func import functional_call
 
 import dip_uq as du
+from dip_uq.distributed import init_from_env
 from dip_uq.laplace import LinearisedLaplace, SolverConfig
-from dip_uq.laplace.distributed import init_from_env
 from dip_uq.laplace.solvers import fixed_rows
 
 

@@ -59,10 +59,12 @@ def main() -> None:
     volume = du.Volume((args.size, args.size), voxel_size=side / args.size)
     settings = pipeline.Settings()
     # each run checkpoints under OUT, so a rerun (after a crash or kill) resumes
-    reference = pipeline.run(
+    reference = pipeline.reconstruct(
         full, replace(settings, uq="none"), volume=volume, work_dir=out / "full", resume=True
     )
-    result = pipeline.run(sparse, settings, volume=volume, work_dir=out / "sparse", resume=True)
+    result = pipeline.reconstruct(
+        sparse, settings, volume=volume, work_dir=out / "sparse", resume=True
+    )
     error = result.mean - reference.mean
     support = ndimage.binary_dilation(reference.mean > 0.1 * reference.mean.max(), iterations=2)
     scores = {"angles_full": full.geometry.n_angles, "angles_sparse": sparse.geometry.n_angles}

@@ -83,9 +83,9 @@ def test_solver_and_em_options_reach_the_settings():
     from dip_uq.cli import _parse, _settings
 
     default = _settings(_parse(["reconstruct", "scan.h5"]))
-    assert (default.preconditioner_rank, default.em_per_block) == (None, False)
+    assert (default.preconditioner_rank, default.per_block) == (None, False)
     args = _parse(["reconstruct", "scan.h5", "--preconditioner-rank", "0", "--em-per-block"])
-    assert (_settings(args).preconditioner_rank, _settings(args).em_per_block) == (0, True)
+    assert (_settings(args).preconditioner_rank, _settings(args).per_block) == (0, True)
 
 
 def test_bad_config_is_a_one_line_error(tmp_path, capsys):
@@ -264,33 +264,28 @@ def test_evaluate_writes_the_table_refuses_to_overwrite_and_resumes(tmp_path, ca
     assert "suite 'small' has no cases ['nope']" in capsys.readouterr().err
 
 
-def test_library_messages_name_the_command_line_option():
-    import logging
+def test_a_warning_names_the_commands_option():
+    """The library names the keyword of dip_uq.reconstruct; the command its own flag, in one
+    line, and only while it runs."""
+    import warnings
 
-    from dip_uq.cli import _name_the_flags
+    from dip_uq.cli import _warning_line
+    from dip_uq.diagnostics import NotConvergedWarning
 
-    record = logging.LogRecord("dip_uq", logging.WARNING, "", 0, "raise %s", ("x",), None)
-    record.msg = "samples did not converge; raise SolverConfig.iterations (now %d)"
-    record.args = (300,)
-    assert _name_the_flags(record)
-    assert record.getMessage() == "samples did not converge; raise --cg-iterations (now 300)"
-
-
-def test_the_flag_names_stay_in_the_command(tmp_path, caplog):
-    """After a command, library messages name the Python setting again."""
-    import logging
-
-    assert main(["simulate", "--size", "16", "--angles", "8", "--out", str(tmp_path / "s.h5")]) == 0
-    with caplog.at_level(logging.WARNING, logger="dip_uq"):
-        logging.getLogger("dip_uq").warning("raise SolverConfig.iterations")
-    assert "raise SolverConfig.iterations" in caplog.text
+    warning = NotConvergedWarning("samples did not converge", "cg_iterations")
+    assert str(warning) == "samples did not converge: raise cg_iterations"
+    assert _warning_line(warning) == "samples did not converge: raise --cg-iterations"
+    assert _warning_line(NotConvergedWarning("round-off stopped it")) == "round-off stopped it"
+    before = warnings.showwarning
+    assert main(["info", "no-such-scan.h5"]) == 2
+    assert warnings.showwarning is before
 
 
 def test_em_options_reach_the_settings():
     from dip_uq.cli import _parse, _settings
 
     default = _settings(_parse(["reconstruct", "scan.h5"]))
-    assert (default.em_steps, default.em_samples, default.fit_noise, default.em_prior) == (
+    assert (default.em_steps, default.em_samples, default.fit_noise, default.fit_prior) == (
         2,
         8,
         True,
@@ -300,7 +295,7 @@ def test_em_options_reach_the_settings():
     args = ["reconstruct", "scan.h5", "--no-fit-noise", "--em-prior", "--em-samples", "4"]
     args += ["--prior-scale", "weights"]
     given = _settings(_parse([*args, "--no-gprior"]))
-    assert (given.fit_noise, given.em_prior, given.em_samples, given.gprior) == (
+    assert (given.fit_noise, given.fit_prior, given.em_samples, given.gprior) == (
         False,
         True,
         4,

@@ -85,7 +85,7 @@ def test_laplace_before_em_covers_its_90_percent_interval(tiny):
 @pytest.mark.slow
 def test_laplace_after_em_covers_its_90_percent_interval(tiny):
     """Issue 6's acceptance test, second half (90 % coverage within [0.8, 0.98]), at 5 %
-    noise: EM of the prior and the noise (the suite sets ``em_prior``) from the g-prior
+    noise: EM of the prior and the noise (the suite sets ``fit_prior``) from the g-prior
     covers 0.83 (0.97 before EM). It was a known failure (0.76) with the plain prior, the
     noise held at the DIP's estimate and the per-block bounds on the effective dimensions."""
     _, rows = tiny
@@ -119,7 +119,9 @@ def test_case_scan_is_simulate_scan():
     case = TINY.cases[0]
     assert case.name == "2d32-shepp-logan-sparse30-5%" and case.shape == (32, 32)
     scan = case.scan()
-    reference = simulate_scan("shepp-logan", 2, 32, "parallel", 30, 180, 0.05, 0)
+    reference = simulate_scan(
+        "shepp-logan", dim=2, size=32, geometry="parallel", angles=30, arc=np.pi, noise=0.05
+    )
     np.testing.assert_array_equal(scan.sinogram, reference.sinogram)
     np.testing.assert_array_equal(scan.truth, reference.truth)
     assert scan.sinogram.shape == (30, 48) and scan.volume.shape == (32, 32)

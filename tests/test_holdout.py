@@ -15,7 +15,9 @@ from torch.func import functional_call
 import dip_uq as du
 from dip_uq import holdout, pipeline
 from dip_uq.cli import main
-from dip_uq.laplace import LinearisedLaplace, SolverConfig
+from dip_uq.diagnostics import NotConvergedWarning
+from dip_uq.laplace import LinearisedLaplace, SolverConfig, prior_scale
+from dip_uq.laplace.predictive import predictive
 
 SHAPE = (12, 12)
 
@@ -108,7 +110,7 @@ def test_the_predictive_of_exact_deviations_is_the_exact_predictive(tiny):
     root = torch.linalg.cholesky(cov + 1e-12 * torch.eye(cov.shape[0], dtype=cov.dtype))
     deviations = (math.sqrt(cov.shape[0]) * root.T).float().reshape(-1, *SHAPE)
     mean = lap.model.image_star
-    predicted, std, sample_std = holdout.predictive(A_held, mean, deviations, lap.noise_variance)
+    predicted, std, sample_std = predictive(A_held, mean, deviations, lap.noise_variance)
     exact = _exact_predictive(lap, A_held)
     torch.testing.assert_close(std.double(), exact, rtol=1e-4, atol=0)
     torch.testing.assert_close(predicted, A_held(mean))
@@ -144,11 +146,11 @@ def test_held_out_projections_never_enter_the_fit():
     """Not the DIP's, not EM's, and not the cross-validation's of the prior scale."""
     scan = du.simulate_scan(size=16, angles=12, noise=0.02)
     settings = pipeline.Settings(**FAST, holdout=3, em_steps=1, prior_scale="cross-validated")
-    first = pipeline.run(scan, settings)
+    first = pipeline.reconstruct(scan, settings)
     _, held = holdout.holdout_indices(12, 3)
     changed = scan.sinogram.copy()
     changed[held] += 10.0  # nothing fitted to the other projections can notice
-    second = pipeline.run(scan.replace(sinogram=changed), settings)
+    second = pipeline.reconstruct(scan.replace(sinogram=changed), settings)
     np.testing.assert_array_equal(first.mean, second.mean)
     np.testing.assert_array_equal(first.std, second.std)
     assert "prior_scale_search" in first.hyperparameters
@@ -160,7 +162,7 @@ def test_held_out_projections_never_enter_the_fit():
 @pytest.mark.parametrize("peak", [-2.7, -1.5, -0.2, 0.5, 1.6])
 def test_the_decade_walk_finds_the_peak_of_a_parabola(peak):
     calls = []
-    best, seen = holdout.best_decade(lambda e: calls.append(e) or -((e - peak) ** 2), -3, 2)
+    best, seen = prior_scale.best_decade(lambda e: calls.append(e) or -((e - peak) ** 2), -3, 2)
     assert best == pytest.approx(peak, abs=1e-9)  # the vertex of three points: exact
     assert len(calls) == len(seen) <= 6  # no factor is scored twice
     assert min(seen) <= peak <= max(seen)
@@ -171,27 +173,27 @@ def test_the_decade_walk_refines_a_lopsided_peak_by_half_a_decade():
     prior too narrow than too wide): the parabola through decades 0, 1, 2 puts the top at
     0.92, the half decade 0.5 scored beside the best moves it to 0.71 (the truth: 0.6)."""
     lopsided = lambda e: -((e - 0.6) ** 2) * (4.0 if e < 0.6 else 1.0)  # noqa: E731
-    best, seen = holdout.best_decade(lopsided, -3, 2)
+    best, seen = prior_scale.best_decade(lopsided, -3, 2)
     assert sorted(seen) == [-1, 0, 0.5, 1, 2]
     assert abs(best - 0.6) < 0.12
 
 
 def test_the_decade_walk_stops_at_the_ends_of_its_range():
-    assert holdout.best_decade(lambda e: -e, -3, 2)[0] == -3  # rising beyond the smallest
-    assert holdout.best_decade(lambda e: e, -3, 2)[0] == 2
-    assert holdout.best_decade(lambda e: 0.0, -3, 2)[0] == 0  # flat: the starting scale
+    assert prior_scale.best_decade(lambda e: -e, -3, 2)[0] == -3  # rising beyond the smallest
+    assert prior_scale.best_decade(lambda e: e, -3, 2)[0] == 2
+    assert prior_scale.best_decade(lambda e: 0.0, -3, 2)[0] == 0  # flat: the starting scale
 
 
 def test_the_prior_scale_is_chosen_by_the_held_out_likelihood(tiny):
     lap, A_held, y_held = tiny
     start = dict(lap.prior.variances)
     mean = lap.model.image_star
-    search = holdout.choose_prior_scale(lap, A_held, y_held, mean, n_samples=8)
+    search = prior_scale.choose_prior_scale(lap, A_held, y_held, mean, samples=8)
     factors, tlls = search["factors"], search["tll_per_pixel"]
     best = int(np.argmax(tlls))
     assert 3 <= len(factors) <= 7 and factors == sorted(factors)
     # the walk stopped where the likelihood fell, or at an end of the range
-    ends = [10.0**e for e in holdout.PRIOR_SCALE_DECADES]
+    ends = [10.0**e for e in prior_scale.PRIOR_SCALE_DECADES]
     assert 0 < best < len(factors) - 1 or factors[best] in ends
     assert abs(np.log10(search["chosen_factor"] / factors[best])) <= 0.5
     # each candidate is the samples' held-out likelihood at that factor
@@ -208,7 +210,7 @@ def test_the_prior_scale_is_chosen_by_the_held_out_likelihood(tiny):
     with pytest.raises(ValueError, match="needs held-out projections"):
         pipeline.Settings(prior_scale="holdout")
     with pytest.raises(ValueError, match="chooses the scale EM would fit"):
-        pipeline.Settings(prior_scale="holdout", holdout=4, em_steps=2, em_prior=True)
+        pipeline.Settings(prior_scale="holdout", holdout=4, em_steps=2, fit_prior=True)
 
 
 def test_the_search_reports_unconverged_candidates_itself(tiny, caplog):
@@ -220,24 +222,24 @@ def test_the_search_reports_unconverged_candidates_itself(tiny, caplog):
     start, solver = dict(lap.prior.variances), lap.solver
     lap.solver = SolverConfig(**{**vars(solver), "iterations": 2})
     try:
-        with caplog.at_level(logging.INFO, logger="dip_uq"):
-            search = holdout.choose_prior_scale(
-                lap, A_held, y_held, lap.model.image_star, n_samples=8
+        with pytest.warns(NotConvergedWarning) as warned:
+            search = prior_scale.choose_prior_scale(
+                lap, A_held, y_held, lap.model.image_star, samples=8
             )
     finally:
         lap.solver, lap.prior.variances = solver, start  # the fixture is shared
     assert len(search["worst_residual"]) == len(search["factors"])
     assert max(search["worst_residual"]) > 10 * solver.tolerance
-    messages = [(r.levelno, r.getMessage()) for r in caplog.records]
-    assert not [m for _, m in messages if m.startswith("posterior samples")]
-    reports = [(level, m) for level, m in messages if m.startswith("prior-scale search")]
-    assert len(reports) == 1 and reports[0][0] == logging.WARNING
-    assert "raise SolverConfig.iterations" in reports[0][1]  # the CLI names its flag
+    messages = [w.message for w in warned if isinstance(w.message, NotConvergedWarning)]
+    assert not [m for m in messages if str(m).startswith("posterior samples")]
+    reports = [m for m in messages if str(m).startswith("prior-scale search")]
+    assert len(reports) == 1
+    assert reports[0].setting == "cg_iterations"  # the CLI names its flag
 
 
-@pytest.mark.parametrize("off, level", [(0.5, logging.WARNING), (2.0, logging.INFO)])
+@pytest.mark.parametrize("off, warned", [(0.5, True), (2.0, False)])
 def test_an_unconverged_candidate_is_a_warning_only_where_the_choice_rests_on_it(
-    off, level, caplog
+    off, warned, caplog, recwarn
 ):
     seen = {-1.0: 1.0, 0.0: 3.0, 0.5: 2.5, 1.0: 2.0, 2.0: 0.0}  # the top, 0, and 0.5 beside
     capped = torch.tensor([False])  # not stalled: stopped by the iteration cap
@@ -245,12 +247,15 @@ def test_an_unconverged_candidate_is_a_warning_only_where_the_choice_rests_on_it
         e: {"residual": torch.tensor([5e-2 if e == off else 1e-4]), "stalled": capped} for e in seen
     }
     with caplog.at_level(logging.INFO, logger="dip_uq"):
-        holdout._report_unconverged(seen, solves, 0.1, SolverConfig())
-    (record,) = caplog.records
-    assert record.levelno == level and f"factor {10.0**off:.3g} stopped" in record.getMessage()
+        prior_scale._report_unconverged(seen, solves, 0.1, SolverConfig())
+    warnings = [str(w.message) for w in recwarn if w.category is NotConvergedWarning]
+    infos = [r.getMessage() for r in caplog.records]
+    (message,) = warnings if warned else infos
+    assert f"factor {10.0**off:.3g} stopped" in message
+    assert not (infos if warned else warnings)
 
 
-def test_the_search_does_not_ask_for_more_iterations_where_round_off_stalled_the_samples(caplog):
+def test_the_search_does_not_ask_for_more_iterations_where_round_off_stalled_the_samples():
     """Every candidate has a sample that CG stopped above the tolerance on float32 round-off
     (its restarts used up) before the cap: the warning says so instead of asking for more."""
     seen = {-1.0: 1.0, 0.0: 3.0, 1.0: 2.0}
@@ -258,11 +263,11 @@ def test_the_search_does_not_ask_for_more_iterations_where_round_off_stalled_the
         e: {"residual": torch.tensor([1e-4, 5e-2]), "stalled": torch.tensor([False, True])}
         for e in seen
     }
-    with caplog.at_level(logging.INFO, logger="dip_uq"):
-        holdout._report_unconverged(seen, solves, 0.0, SolverConfig())
-    (record,) = caplog.records
-    assert "more iterations will not help" in record.getMessage()
-    assert "raise SolverConfig.iterations" not in record.getMessage()
+    with pytest.warns(NotConvergedWarning) as warned:
+        prior_scale._report_unconverged(seen, solves, 0.0, SolverConfig())
+    (warning,) = warned
+    assert "more iterations will not help" in str(warning.message)
+    assert warning.message.setting is None
 
 
 def test_the_command_line_reports_the_check_and_refuses_bad_k(tmp_path, capsys):

@@ -96,7 +96,9 @@ def test_noise_estimate_fan_and_cone_beam_reads_the_air(dim, geometry, noise, ph
     """The second differences alone read edges as noise (1.6-3.6x here); over the air they
     are noise only."""
     size = 48 if dim == 2 else 20
-    scan = du.simulate_scan(phantom, dim, size, geometry, 24, noise=noise, seed=seed)
+    scan = du.simulate_scan(
+        phantom, dim=dim, size=size, geometry=geometry, angles=24, noise=noise, seed=seed
+    )
     y = torch.as_tensor(scan.sinogram)
     A = du.RayTransform(scan.volume, scan.geometry, "torch")
     sigma = float((y - A(torch.as_tensor(scan.truth))).square().mean().sqrt())

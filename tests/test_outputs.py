@@ -18,7 +18,7 @@ from dip_uq.simulation import simulate_scan
 def test_write_results_writes_every_output_with_its_record(tmp_path, with_std):
     scan = simulate_scan(size=16, angles=8, noise=0.02)
     settings = pipeline.Settings(method="fbp")
-    result = pipeline.run(scan, settings)
+    result = pipeline.reconstruct(scan, settings)
     if with_std:  # as a DIP run with a std map and a cross-validated prior scale would return it
         result.std = np.full_like(result.mean, 0.01)
         search = {"factors": [0.1, 1.0, 10.0], "tll_per_pixel": [3.0, 4.0, 3.5]}

@@ -25,7 +25,7 @@ def fitted():
     A = RayTransform(scan.volume, scan.geometry, backend="torch")
     y = torch.as_tensor(scan.sinogram)
     settings = Settings(**FAST, em_steps=2)
-    rec = stages.fit_dip(A, y, settings, device=torch.device("cpu"))
+    rec = stages.fit_dip(A, y, settings)
     return rec, y, settings
 
 
@@ -64,7 +64,7 @@ def test_run_refuses_the_checkpoints_of_an_unfinished_run(tmp_path):
     (tmp_path / "em-checkpoint.pt").write_bytes(b"")
     scan = simulate_scan(size=16, angles=8, noise=0.02)
     with pytest.raises(ValueError, match=r"unfinished run \(em-checkpoint.pt\); pass resume=True"):
-        pipeline.run(scan, Settings(method="fbp"), work_dir=tmp_path)
+        pipeline.reconstruct(scan, Settings(method="fbp"), work_dir=tmp_path)
 
 
 def test_em_samples_set_the_samples_of_every_em_step(fitted, monkeypatch):
@@ -101,25 +101,25 @@ def test_em_interrupted_and_resumed_from_its_checkpoint_repeats_the_uninterrupte
             raise KeyboardInterrupt
         return original(self, *args, **kwargs)
 
-    checkpoint = tmp_path / "em.pt"
+    ctx = stages.RunContext(work_dir=tmp_path)  # em-checkpoint.pt
     with monkeypatch.context() as m:
         m.setattr(LinearisedLaplace, "fit_hyperparameters", interrupt_second_step)
         with pytest.raises(KeyboardInterrupt):
             stages.fit_em(
                 stages.linearise(rec, y, settings),
                 settings,
-                checkpoint=checkpoint,
+                ctx,
                 fingerprint=fingerprint,
             )
     resumed = stages.linearise(rec, y, settings)
-    stages.fit_em(resumed, settings, checkpoint=checkpoint, fingerprint=fingerprint)
+    stages.fit_em(resumed, settings, ctx, fingerprint=fingerprint)
     assert resumed.history == reference.history
     assert resumed.prior.variances == reference.prior.variances
     with pytest.raises(ValueError, match="belongs to another run"):
         stages.fit_em(
             stages.linearise(rec, y, settings),
             settings,
-            checkpoint=checkpoint,
+            ctx,
             fingerprint={**fingerprint, "case": "other"},
         )
 
@@ -133,14 +133,14 @@ def test_hyperparameters_report_em_curves_only_after_em(fitted):
     hyper, curves = stages.hyperparameters(lap, settings)
     assert len(curves["EM noise variance σ_y²"]["σ_y²"]) == settings.em_steps + 1
     assert set(curves) == {"EM noise variance σ_y²"}  # the prior's variances were not fitted
-    fitting_the_prior = replace(settings, em_prior=True, prior_scale="weights")
+    fitting_the_prior = replace(settings, fit_prior=True, prior_scale="weights")
     hyper, curves = stages.hyperparameters(lap, fitting_the_prior)
     assert set(curves["EM prior variances σ_b²"]) == {
         b.split("/", 1)[1] for b in hyper["history"] if b.startswith("prior_variance/")
     }
 
 
-def test_em_that_has_not_settled_is_reported_with_its_largest_change(fitted, caplog):
+def test_em_that_has_not_settled_is_reported_with_its_largest_change(fitted, recwarn):
     rec, y, settings = fitted
     lap = stages.linearise(rec, y, settings)
     # a prior 1000 times too wide: the first EM step shrinks it by more than 10 %
@@ -148,17 +148,15 @@ def test_em_that_has_not_settled_is_reported_with_its_largest_change(fitted, cap
     lap.history = {
         k: [v[0] * (1e3 if k.startswith("prior") else 1)] for k, v in lap.history.items()
     }
-    with caplog.at_level("WARNING", logger="dip_uq"):
-        stages.fit_em(lap, Settings(**FAST, em_steps=1, em_prior=True, prior_scale="weights"))
-    [record] = [r for r in caplog.records if "EM has not settled" in r.getMessage()]
-    message = record.getMessage()
-    assert "prior_variance/" in message and "raise Settings.em_steps" in message
+    stages.fit_em(lap, Settings(**FAST, em_steps=1, fit_prior=True, prior_scale="weights"))
+    [warning] = [w.message for w in recwarn if "EM has not settled" in str(w.message)]
+    message = str(warning)
+    assert "prior_variance/" in message and warning.setting == "em_steps"
     change = max(stages.em.last_change(lap.history).values())
     assert f"by {100 * change:.0f}%" in message and change > stages.em.SETTLED_CHANGE
-    caplog.clear()
-    with caplog.at_level("WARNING", logger="dip_uq"):
-        stages.fit_em(stages.linearise(rec, y, settings), Settings(**FAST, em_steps=0))
-    assert not [r for r in caplog.records if "EM has not settled" in r.getMessage()]
+    recwarn.clear()
+    stages.fit_em(stages.linearise(rec, y, settings), Settings(**FAST, em_steps=0))
+    assert not [w for w in recwarn if "EM has not settled" in str(w.message)]
 
 
 def test_gprior_setting_reaches_the_posterior(fitted):
@@ -170,12 +168,14 @@ def test_gprior_setting_reaches_the_posterior(fitted):
 
 def test_the_mean_setting_picks_the_network_or_the_linear_models_posterior_mean():
     scan = simulate_scan(size=16, angles=12, noise=0.02)
-    network = pipeline.run(scan, Settings(**FAST, em_steps=1, prior_scale="weights"))
-    linear = pipeline.run(scan, Settings(**FAST, em_steps=1, mean="linear", prior_scale="weights"))
+    network = pipeline.reconstruct(scan, Settings(**FAST, em_steps=1, prior_scale="weights"))
+    linear = pipeline.reconstruct(
+        scan, Settings(**FAST, em_steps=1, mean="linear", prior_scale="weights")
+    )
     np.testing.assert_array_equal(network.std, linear.std)  # the same posterior
     A = RayTransform(scan.volume, scan.geometry, backend="auto")
     y = torch.as_tensor(scan.sinogram)
-    rec = stages.fit_dip(A, y, Settings(**FAST), device=torch.device("cpu"))
+    rec = stages.fit_dip(A, y, Settings(**FAST))
     np.testing.assert_array_equal(network.mean, rec.predict().numpy())
     lap = stages.linearise(rec, y, Settings(**FAST, em_steps=1))
     stages.fit_em(lap, Settings(**FAST, em_steps=1))
@@ -189,8 +189,8 @@ def test_the_cross_validated_scale_is_the_second_fits_choice_applied_to_the_fit_
     scan = simulate_scan(size=16, angles=15, noise=0.02)
     settings = Settings(**FAST, em_steps=1, em_samples=2, prior_scale="cross-validated")
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # the stages one after another
-    weights = pipeline.run(scan, replace(settings, prior_scale="weights"))
-    validated = pipeline.run(scan, settings)
+    weights = pipeline.reconstruct(scan, replace(settings, prior_scale="weights"))
+    validated = pipeline.reconstruct(scan, settings)
     np.testing.assert_array_equal(validated.mean, weights.mean)  # the same DIP fit
     search = validated.hyperparameters["prior_scale_search"]
     A = RayTransform(scan.volume, scan.geometry, backend="auto")
@@ -199,7 +199,7 @@ def test_the_cross_validated_scale_is_the_second_fits_choice_applied_to_the_fit_
     noise = validated.hyperparameters["noise_variance"]  # after EM, which precedes the search
     assert noise == weights.hyperparameters["noise_variance"]
     found = stages.cross_validate_prior_scale(
-        A, y, settings, noise_variance=noise, device=torch.device("cpu"), work_dir=work
+        A, y, settings, stages.RunContext(work_dir=work), noise_variance=noise
     )
     assert found == search
     assert (search["every"], search["projections"], search["held_out"]) == (
@@ -215,11 +215,11 @@ def test_the_cross_validated_scale_is_the_second_fits_choice_applied_to_the_fit_
 
     # a run resumed after the search reads it instead of fitting the second DIP again
     with pytest.raises(ValueError, match=r"unfinished run \(cross-validation\)"):
-        pipeline.run(scan, settings, work_dir=work)
+        pipeline.reconstruct(scan, settings, work_dir=work)
     fits = []
     fit_dip = stages.fit_dip
     monkeypatch.setattr(stages, "fit_dip", lambda *a, **k: fits.append(1) or fit_dip(*a, **k))
-    resumed = pipeline.run(scan, settings, work_dir=work, resume=True)
+    resumed = pipeline.reconstruct(scan, settings, work_dir=work, resume=True)
     assert len(fits) == 1
     np.testing.assert_array_equal(resumed.std, validated.std)
     assert not (work / stages.CROSS_VALIDATION).exists()  # finished: checkpoints removed
@@ -247,9 +247,9 @@ def test_the_second_fit_beside_the_first_gives_the_result_of_one_after_the_other
     )
     try:
         torch.set_num_threads(1)
-        after = pipeline.run(scan, settings)
+        after = pipeline.reconstruct(scan, settings)
         torch.set_num_threads(2)
-        beside = pipeline.run(scan, settings)
+        beside = pipeline.reconstruct(scan, settings)
     finally:
         torch.set_num_threads(threads)
     assert where == ["MainThread", "dip-uq background"]
@@ -274,18 +274,22 @@ def test_a_saved_prior_scale_search_is_reused_only_for_the_same_settings_and_noi
     fit_dip = stages.fit_dip
     monkeypatch.setattr(stages, "fit_dip", lambda *a, **k: fits.append(1) or fit_dip(*a, **k))
     first = stages.cross_validate_prior_scale(
-        A, y, settings, noise_variance=1e-4, device=cpu, work_dir=tmp_path
+        A, y, settings, stages.RunContext(cpu, tmp_path), noise_variance=1e-4
     )
     again = stages.cross_validate_prior_scale(
-        A, y, settings, noise_variance=1e-4, device=cpu, work_dir=tmp_path
+        A, y, settings, stages.RunContext(cpu, tmp_path), noise_variance=1e-4
     )
     assert again == first
     assert len(fits) == 1  # the second call read the saved search, it fitted no DIP
     with pytest.raises(ValueError, match=r"belongs to another run .*noise_variance"):
         stages.cross_validate_prior_scale(
-            A, y, settings, noise_variance=2e-4, device=cpu, work_dir=tmp_path
+            A, y, settings, stages.RunContext(cpu, tmp_path), noise_variance=2e-4
         )
     with pytest.raises(ValueError, match=r"belongs to another run .*settings"):
         stages.cross_validate_prior_scale(
-            A, y, replace(settings, samples=6), noise_variance=1e-4, device=cpu, work_dir=tmp_path
+            A,
+            y,
+            replace(settings, samples=6),
+            stages.RunContext(cpu, tmp_path),
+            noise_variance=1e-4,
         )

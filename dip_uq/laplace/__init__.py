@@ -17,9 +17,13 @@ variances by sample-based EM. The modules:
 * :mod:`~dip_uq.laplace.gprior` — the g-prior's per-weight scale of that prior;
 * :mod:`~dip_uq.laplace.solvers` — :class:`SolverConfig`, batched CG and SGD;
 * :mod:`~dip_uq.laplace.preconditioner` — :class:`NystromPreconditioner` of the CG solves;
-* :mod:`~dip_uq.laplace.distributed` — the samples and EM shared over ``torchrun`` processes.
+* :mod:`~dip_uq.laplace.predictive` — the posterior predictive of held-out projections;
+* :mod:`~dip_uq.laplace.prior_scale` — the prior's scale chosen by their likelihood.
+
+Several ``torchrun`` processes share the samples and EM through :mod:`dip_uq.distributed`.
 """
 
+from . import prior_scale
 from .linearised import LinearisedNetwork
 from .moments import Moments
 from .posterior import LinearisedLaplace
@@ -36,4 +40,5 @@ __all__ = [
     "NystromPreconditioner",
     "SolverConfig",
     "matern_half",
+    "prior_scale",
 ]

@@ -60,12 +60,13 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 from tqdm.auto import tqdm
 
+from ..diagnostics import warn_not_converged
 from .moments import batches
 from .solvers import Method
 
 if TYPE_CHECKING:
+    from ..distributed import DistContext
     from ..projector.operator import Operator
-    from .distributed import DistContext
     from .priors import MaternPrior
     from .solvers import SolverConfig
 
@@ -204,13 +205,11 @@ def _check_mode(lap: Posterior) -> None:
     info = lap.last_mode_solve
     worst = float(info["residual"].max())
     if lap.solver.unconverged(worst):
-        logger.warning(
-            "EM: the linear model's mode stopped after %d iterations at a relative residual of "
-            "%.1e (tolerance %.0e); this step's noise and prior variances rest on it: %s",
-            info["iterations"],
-            worst,
-            lap.solver.tolerance,
-            lap.solver.remedy(info),
+        lap.solver.warn(
+            f"EM: the linear model's mode stopped after {info['iterations']} iterations at a "
+            f"relative residual of {worst:.1e} (tolerance {lap.solver.tolerance:.0e}); this "
+            "step's noise and prior variances rest on it",
+            info,
         )
 
 
@@ -274,12 +273,11 @@ def _update(
     lap.history.setdefault("data_residual", []).append(data_residual)
     lap.history.setdefault("gamma_total", []).append(gamma_total)
     if capped:
-        logger.warning(
-            "EM pushed the prior variance of %s beyond %g times its start and was stopped "
-            "there; the posterior samples have probably not converged: raise "
-            "SolverConfig.iterations",
-            ", ".join(sorted(capped)),
-            MAX_VARIANCE_GROWTH,
+        warn_not_converged(
+            f"EM pushed the prior variance of {', '.join(sorted(capped))} beyond "
+            f"{MAX_VARIANCE_GROWTH:g} times its start and was stopped there; the posterior "
+            "samples have probably not converged",
+            "cg_iterations",
         )
     for b in blocks:
         lap.history[f"prior_variance/{b}"].append(new_variances[b])

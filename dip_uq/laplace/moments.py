@@ -2,7 +2,7 @@
 
 The samples ``0, ..., n - 1`` are solved in batches of consecutive global indices,
 ``[0, batch)``, ``[batch, 2 batch)``, ..., each process taking a contiguous share of them
-(:func:`batches`, :mod:`dip_uq.laplace.distributed`). A sample is the same bit for bit in
+(:func:`batches`, :mod:`dip_uq.distributed`). A sample is the same bit for bit in
 any batch and on any number of processes (:mod:`dip_uq.laplace.posterior` says how), given
 the same device and number of threads per process.
 
@@ -32,10 +32,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import checkpoint
-from .distributed import shard
+from ..distributed import shard
 
 if TYPE_CHECKING:
-    from .distributed import DistContext
+    from ..distributed import DistContext
 
 __all__ = ["Moments", "accumulate", "batches"]
 

@@ -45,8 +45,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..distributed import all_reduce_moments
 from . import em
-from .distributed import all_reduce_moments
 from .gprior import gprior_scale
 from .linearised import LinearisedNetwork
 from .moments import Moments, accumulate, batches
@@ -56,9 +56,9 @@ from .solvers import Method, SolverConfig, fixed_rows, solve
 
 if TYPE_CHECKING:
     from ..dip import DIP
+    from ..distributed import DistContext
     from ..networks import ConvWeight
     from ..projector.operator import Operator
-    from .distributed import DistContext
 
 __all__ = ["LinearisedLaplace"]
 
@@ -99,7 +99,7 @@ class LinearisedLaplace:
         solver: :class:`SolverConfig` for samples (and, with CG, for the mode).
         chunk: vectors per batched Jacobian product; by default sized from the network's
             measured activation memory (see :class:`LinearisedNetwork`).
-        group: a :class:`~dip_uq.laplace.distributed.DistContext` to share the samples of
+        group: a :class:`~dip_uq.distributed.DistContext` to share the samples of
             :meth:`moments` and :meth:`fit_hyperparameters` among its processes (every rank
             builds the same object); ``None`` (default) for one process.
     """
@@ -335,16 +335,12 @@ class LinearisedLaplace:
         self.last_solve = info
         worst = float(info["residual"].max())
         if warn and self.solver.unconverged(worst):
-            logger.warning(
-                "posterior samples %d-%d: the solver stopped after %d iterations at relative "
-                "residuals up to %.1e (tolerance %.0e); unconverged samples stay close to the "
-                "prior and make the std too wide: %s",
-                start,
-                start + n_samples - 1,
-                info["iterations"],
-                worst,
-                self.solver.tolerance,
-                self.solver.remedy(info),
+            self.solver.warn(
+                f"posterior samples {start}-{start + n_samples - 1}: the solver stopped after "
+                f"{info['iterations']} iterations at relative residuals up to {worst:.1e} "
+                f"(tolerance {self.solver.tolerance:.0e}); unconverged samples stay close to the "
+                "prior and make the std too wide",
+                info,
             )
         with torch.no_grad():
             return self._fixed_rows(self.images)(u)
@@ -458,28 +454,32 @@ class LinearisedLaplace:
 
     def fit_hyperparameters(
         self,
-        em_steps: int = 10,
-        n_samples: int = 16,
+        em_steps: int = 2,
+        em_samples: int = 8,
         *,
         batch: int | None = None,
         per_block: bool = False,
-        fit_noise: bool = False,
-        fit_prior: bool = True,
+        fit_noise: bool = True,
+        fit_prior: bool = False,
         progress: bool = False,
     ) -> dict[str, list]:
         """Tune the prior variances (and ``σ_y²``) by sample-based EM (:mod:`dip_uq.laplace.em`).
 
         Args:
             em_steps: the EM steps to make.
-            n_samples: posterior samples per E-step (all ranks together): the samples
-                ``0, ..., n_samples - 1``, warm-started from the previous step's.
+            em_samples: posterior samples per E-step (all ranks together): the samples
+                ``0, ..., em_samples - 1``, warm-started from the previous step's.
             batch: samples solved together, as in :meth:`moments` (default
-                ``ceil(n_samples / world_size)``).
+                ``ceil(em_samples / world_size)``).
             per_block: update every block's ``σ_b²`` on its own, not one factor on all (the
                 default keeps the fitted weights' relative scales; the em module says why).
-            fit_noise: also update ``σ_y²``; by default it keeps its value (with a DIP, the
-                DIP's noise estimate; :mod:`dip_uq.laplace.em` says why).
-            fit_prior: update the prior variances (default; ``False``: the noise alone).
+            fit_noise: update ``σ_y²`` (default), starting from the DIP's noise estimate.
+            fit_prior: update the prior variances too (off by default, as in
+                :class:`dip_uq.pipeline.Settings`: EM of the prior made the std
+                overconfident, :mod:`dip_uq.laplace.em` says why; the pipeline chooses the
+                prior's scale by cross-validation instead).
+
+        The defaults are those of :func:`dip_uq.reconstruct`.
             progress: show a progress bar over the steps.
 
         With :attr:`group`, each rank draws its share of the batches, rank 0 alone solves for
@@ -491,7 +491,7 @@ class LinearisedLaplace:
         return em.fit_hyperparameters(
             self,
             em_steps,
-            n_samples,
+            em_samples,
             batch=batch,
             per_block=per_block,
             fit_noise=fit_noise,

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from ..diagnostics import warn_not_converged
+
 __all__ = ["Method", "SolverConfig", "fixed_rows", "largest_eigenvalue", "solve"]
 
 # a linear map applied to a batch of rows (B, n) -> (B, n)
@@ -87,13 +89,22 @@ class SolverConfig:
         tensor of residuals."""
         return residual > UNCONVERGED_FACTOR * self.tolerance
 
-    def remedy(self, info: dict) -> str:
-        """What to tell the user about a solve (:func:`solve`'s ``info``) that stopped short:
-        to raise the iterations where a row stopped at the cap; that more will not help where
-        every such row stalled on float32 round-off (``info["stalled"]``)."""
+    def remedy(self, info: dict) -> str | None:
+        """The setting to raise for a solve (:func:`solve`'s ``info``) that stopped short:
+        ``"cg_iterations"`` (this config's ``iterations``) where a row stopped at the cap;
+        None where every such row stalled on float32 round-off (``info["stalled"]``), which
+        more iterations will not cure."""
         if bool((self.unconverged(info["residual"]) & ~info["stalled"]).any()):
-            return "raise SolverConfig.iterations"
-        return "float32 round-off stops the solve there, more iterations will not help"
+            return "cg_iterations"
+        return None
+
+    def warn(self, message: str, info: dict) -> None:
+        """Warn (:class:`~dip_uq.diagnostics.NotConvergedWarning`) that the solve of ``info``
+        stopped short, naming :meth:`remedy` or saying that round-off stopped it."""
+        setting = self.remedy(info)
+        if setting is None:
+            message += "; float32 round-off stops the solve there, more iterations will not help"
+        warn_not_converged(message, setting, stacklevel=4)
 
     def __post_init__(self) -> None:
         try:

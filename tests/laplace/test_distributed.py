@@ -15,8 +15,9 @@ import torch.multiprocessing as mp
 from test_posterior import tiny_problem
 
 import dip_uq as du
+from dip_uq.distributed import init_from_env, shard
 from dip_uq.laplace import LinearisedLaplace, SolverConfig
-from dip_uq.laplace.distributed import init_from_env, shard, share_fit
+from dip_uq.stages import share_fit
 
 if not (dist.is_available() and dist.is_gloo_available()):
     pytest.skip("torch.distributed with the gloo backend is not available", allow_module_level=True)
@@ -40,7 +41,7 @@ def _run(lap: LinearisedLaplace, checkpoint=None) -> dict:
     """A std map with the samples kept, then EM: what both runs compare, each with the
     default batch (on two ranks half the samples each, in one process all at once)."""
     moments = lap.moments(N_SAMPLES, checkpoint=checkpoint, keep_samples=True)
-    history = lap.fit_hyperparameters(EM_STEPS, EM_SAMPLES, fit_noise=True)
+    history = lap.fit_hyperparameters(EM_STEPS, EM_SAMPLES, fit_noise=True, fit_prior=True)
     return {"history": history, "moments": moments}
 
 

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import dip_uq as du
+from dip_uq.diagnostics import NotConvergedWarning
 from dip_uq.laplace import LinearisedLaplace, MaternPrior, SolverConfig, em
 from dip_uq.laplace.posterior import MODE_ITERATION_FACTOR
 from dip_uq.networks import ConvWeight
@@ -66,7 +67,7 @@ def test_em_recovers_known_prior_and_noise_variances(per_block):
         solver=SolverConfig(iterations=300, tolerance=1e-4),
     )
     history = lap.fit_hyperparameters(
-        em_steps=10, n_samples=16, per_block=per_block, fit_noise=True
+        em_steps=10, em_samples=16, per_block=per_block, fit_noise=True, fit_prior=True
     )
     assert len(history["noise_variance"]) == 11
     # 108 weights per block: the variance of one draw is known to ~±14% (1σ)
@@ -92,12 +93,12 @@ def test_em_resumed_from_a_state_dict_repeats_the_uninterrupted_run(tiny):
     make = lambda: LinearisedLaplace(**parts, noise_variance=100 * noise_variance, solver=config)  # noqa: E731
     straight = make()
     for _ in range(2):  # one step per call, as a resumable run does
-        straight.fit_hyperparameters(1, n_samples=2)
+        straight.fit_hyperparameters(1, em_samples=2, fit_noise=False, fit_prior=True)
     first = make()
-    first.fit_hyperparameters(1, n_samples=2)
+    first.fit_hyperparameters(1, em_samples=2, fit_noise=False, fit_prior=True)
     resumed = make()
     resumed.load_state_dict(torch.load(_saved(first.state_dict()), weights_only=True))
-    resumed.fit_hyperparameters(1, n_samples=2)
+    resumed.fit_hyperparameters(1, em_samples=2, fit_noise=False, fit_prior=True)
     assert resumed.history == straight.history
     with pytest.raises(ValueError, match="saved prior has blocks"):
         resumed.load_state_dict({**first.state_dict(), "prior_variances": {"x": 1.0}})
@@ -110,7 +111,7 @@ def test_em_one_step_per_call_warm_starts_like_one_call_of_all_steps(tiny, monke
     config = SolverConfig(iterations=1000, tolerance=1e-3, preconditioner_rank=8)
     make = lambda: LinearisedLaplace(**parts, noise_variance=3 * noise_variance, solver=config)  # noqa: E731
     together = make()
-    together.fit_hyperparameters(2, n_samples=4, batch=2, fit_noise=True)
+    together.fit_hyperparameters(2, em_samples=4, batch=2, fit_noise=True, fit_prior=True)
     iterations = []
     solve = LinearisedLaplace._solve_dual
 
@@ -123,7 +124,7 @@ def test_em_one_step_per_call_warm_starts_like_one_call_of_all_steps(tiny, monke
     monkeypatch.setattr(LinearisedLaplace, "_solve_dual", counted)
     apart = make()
     for _ in range(2):
-        apart.fit_hyperparameters(1, n_samples=4, batch=2, fit_noise=True)
+        apart.fit_hyperparameters(1, em_samples=4, batch=2, fit_noise=True, fit_prior=True)
     assert apart.history == together.history
     cold = [n for warm, n in iterations if not warm]
     warm = [n for warm, n in iterations if warm]
@@ -148,26 +149,26 @@ def test_em_keeps_prior_variances_within_bounds_when_the_solves_are_truncated(ti
     parts, _ = tiny
     lap = LinearisedLaplace(**parts, solver=SolverConfig(iterations=2))
     start = dict(lap.prior.variances)
-    lap.fit_hyperparameters(em_steps=6, n_samples=4)
+    lap.fit_hyperparameters(em_steps=6, em_samples=4, fit_noise=False, fit_prior=True)
     for block, value in lap.prior.variances.items():
         assert math.isfinite(value) and 0 < value <= 100 * start[block] * (1 + 1e-12), block
 
 
 @pytest.mark.parametrize("rank, warned", [(0, True), (None, False)])
-def test_em_warns_when_the_mode_it_rests_on_stopped_unconverged(tiny, caplog, rank, warned):
+def test_em_warns_when_the_mode_it_rests_on_stopped_unconverged(tiny, recwarn, rank, warned):
     """Twice two plain CG iterations (the mode's share of a 2-iteration cap) leave the mode far
     from converged; the default preconditioner solves this tiny system within them."""
     parts, _ = tiny
     lap = LinearisedLaplace(**parts, solver=SolverConfig(iterations=2, preconditioner_rank=rank))
-    with caplog.at_level("WARNING", logger="dip_uq"):
-        lap.fit_hyperparameters(em_steps=1, n_samples=4, fit_noise=True)
+    lap.fit_hyperparameters(em_steps=1, em_samples=4, fit_noise=True, fit_prior=True)
     assert lap.last_mode_solve["iterations"] <= 2 * MODE_ITERATION_FACTOR
-    assert ("the linear model's mode stopped" in caplog.text) == warned
+    modes = [w.message for w in recwarn if "the linear model's mode stopped" in str(w.message)]
+    assert bool(modes) == warned
     if warned:
-        assert "raise SolverConfig.iterations" in caplog.text
+        assert isinstance(modes[0], NotConvergedWarning) and modes[0].setting == "cg_iterations"
 
 
-def test_em_caps_a_runaway_prior_variance_and_names_the_setting_to_raise(tiny, caplog):
+def test_em_caps_a_runaway_prior_variance_and_names_the_setting_to_raise(tiny):
     """An M-step whose statistics would raise the variances a billionfold stops them at
     100x their start and warns, naming the Python setting (the CLI translates it)."""
     parts, _ = tiny
@@ -179,10 +180,11 @@ def test_em_caps_a_runaway_prior_variance_and_names_the_setting_to_raise(tiny, c
     tail = torch.tensor([n_samples * float(d.sum()) ** 2, 1.0], dtype=torch.float64)
     stats = torch.cat([n_samples * d, n_samples * d**2, torch.full_like(d, 1e12), tail])
     start = dict(lap.prior.variances)
-    with caplog.at_level("WARNING", logger="dip_uq"):
+    with pytest.warns(NotConvergedWarning) as warned:
         em._update(lap, stats, n_samples, [], per_block=False, fit_noise=False, fit_prior=True)
     assert lap.prior.variances == {b: em.MAX_VARIANCE_GROWTH * v for b, v in start.items()}
-    assert "raise SolverConfig.iterations" in caplog.text and "--" not in caplog.text
+    (warning,) = warned
+    assert warning.message.setting == "cg_iterations" and "--" not in str(warning.message)
 
 
 def _dense_noise_update(lap: LinearisedLaplace) -> float:
@@ -206,10 +208,12 @@ def test_em_noise_update_matches_the_dense_formula_after_the_held_first_step(tin
         noise_variance=4 * noise_variance,
         solver=SolverConfig(iterations=300, tolerance=1e-5),
     )
-    lap.fit_hyperparameters(em_steps=em.NOISE_HOLD_STEPS, n_samples=64, fit_noise=True)
+    lap.fit_hyperparameters(
+        em_steps=em.NOISE_HOLD_STEPS, em_samples=64, fit_noise=True, fit_prior=True
+    )
     assert lap.history["noise_variance"] == [4 * noise_variance] * (em.NOISE_HOLD_STEPS + 1)
     expected = _dense_noise_update(lap)  # at the variances after the held step(s)
-    lap.fit_hyperparameters(em_steps=1, n_samples=64, fit_noise=True)
+    lap.fit_hyperparameters(em_steps=1, em_samples=64, fit_noise=True, fit_prior=True)
     # γ comes from 64 samples (control variates): a few percent of m - γ
     assert lap.noise_variance == pytest.approx(expected, rel=0.05)
     assert lap.noise_variance != pytest.approx(4 * noise_variance, rel=0.05)
@@ -231,6 +235,6 @@ def test_em_fits_the_noise_alone_from_the_first_step_when_the_prior_is_held(tiny
     )
     variances = dict(lap.prior.variances)
     expected = _dense_noise_update(lap)
-    lap.fit_hyperparameters(em_steps=1, n_samples=64, fit_noise=True, fit_prior=False)
+    lap.fit_hyperparameters(em_steps=1, em_samples=64, fit_noise=True, fit_prior=False)
     assert lap.prior.variances == variances
     assert lap.noise_variance == pytest.approx(expected, rel=0.05)

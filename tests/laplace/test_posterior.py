@@ -9,6 +9,7 @@ import torch
 from torch.func import functional_call
 
 import dip_uq as du
+from dip_uq.diagnostics import NotConvergedWarning
 from dip_uq.laplace import LinearisedLaplace, NystromPreconditioner, SolverConfig
 
 SHAPE = (12, 12)
@@ -145,7 +146,9 @@ def test_samples_std_and_em_do_not_depend_on_the_batch(tiny):
     runs = {}
     for batch in (1, 3, None):
         lap = LinearisedLaplace(**parts, noise_variance=100 * noise_variance, solver=config)
-        history = lap.fit_hyperparameters(2, n_samples=4, batch=batch)
+        history = lap.fit_hyperparameters(
+            2, em_samples=4, batch=batch, fit_noise=False, fit_prior=True
+        )
         runs[batch] = history, lap.moments(6, batch=batch, keep_samples=True)
     history, whole = runs[None]
     assert history["prior_variance/down_0"][2] != history["prior_variance/down_0"][0]
@@ -159,20 +162,20 @@ def test_samples_std_and_em_do_not_depend_on_the_batch(tiny):
     assert torch.equal(lap.sample(3, start=4)[1], lap.sample(1, start=5)[0])
 
 
-def test_unconverged_samples_are_reported(tiny, caplog):
+def test_unconverged_samples_are_reported(tiny, recwarn):
     parts, _ = tiny
     # without the preconditioner (full rank here: exact after one iteration)
     lap = LinearisedLaplace(**parts, solver=SolverConfig(iterations=2, preconditioner_rank=0))
-    with caplog.at_level("WARNING", logger="dip_uq"):
+    with pytest.warns(NotConvergedWarning) as warned:
         lap.sample(2)
-    assert "posterior samples 0-1: the solver stopped after 2 iterations" in caplog.text
-    # the Python setting, not a command-line flag: the library is used without the CLI
-    assert "raise SolverConfig.iterations" in caplog.text and "--" not in caplog.text
-    caplog.clear()
+    (warning,) = warned
+    assert "posterior samples 0-1: the solver stopped after 2 iterations" in str(warning.message)
+    # the keyword of dip_uq.reconstruct, which the CLI spells as its flag
+    assert warning.message.setting == "cg_iterations"
+    recwarn.clear()
     lap.solver = SolverConfig(iterations=200)  # preconditioned
-    with caplog.at_level("WARNING", logger="dip_uq"):
-        lap.sample(2)
-    assert lap.last_solve["residual"].max() < 1e-3 and not caplog.text
+    lap.sample(2)
+    assert lap.last_solve["residual"].max() < 1e-3 and not len(recwarn)
 
 
 def test_a_fitted_dip_supplies_the_sinogram_it_was_fitted_to(tiny):
@@ -208,7 +211,7 @@ def test_end_to_end_dip_em_std_tracks_the_error():
     rec = du.DIP(A, network=network, iterations=300, lr=1e-3, device="cpu", progress=False)
     mean = rec.fit(y)
     lap = LinearisedLaplace(rec, y=y, solver=SolverConfig(iterations=60))
-    history = lap.fit_hyperparameters(em_steps=3, n_samples=8, fit_noise=True)
+    history = lap.fit_hyperparameters(em_steps=3, em_samples=8, fit_noise=True, fit_prior=True)
     assert all(math.isfinite(v) and v > 0 for v in history["noise_variance"])
     std = lap.std(16)
     assert std.shape == shape and bool(torch.isfinite(std).all()) and bool((std > 0).all())

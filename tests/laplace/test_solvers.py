@@ -95,9 +95,9 @@ def test_cg_tells_a_row_stalled_by_round_off_from_one_stopped_at_the_cap():
     _, info = solve(noisy, b, x0=0 * b, config=stalled_config)
     assert info["iterations"] < 500 and bool(info["stalled"].all())
     assert float(info["residual"].min()) > 1e-6
-    assert "more iterations will not help" in stalled_config.remedy(info)
+    assert stalled_config.remedy(info) is None  # more iterations will not help
 
     capped_config = SolverConfig(iterations=3, tolerance=1e-8)
     _, info = solve(noisy, b, x0=0 * b, config=capped_config)
     assert info["iterations"] == 3 and not bool(info["stalled"].any())
-    assert capped_config.remedy(info) == "raise SolverConfig.iterations"
+    assert capped_config.remedy(info) == "cg_iterations"

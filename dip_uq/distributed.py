@@ -6,7 +6,8 @@ set of samples does not depend on how many processes ran. Each rank solves its c
 share (:func:`shard`); the per-voxel moments are merged across ranks
 (:func:`all_reduce_moments`), and the EM statistics are all-reduced so that every rank
 holds the same hyperparameters after each step, the same as one process's. The DIP is
-fitted on rank 0 only; the other ranks receive ``θ*`` by broadcast (:func:`share_fit`).
+fitted on rank 0 only; the other ranks receive its :meth:`dip_uq.DIP.state_dict` by broadcast
+(:func:`broadcast_params`; :func:`dip_uq.stages.share_fit` does both).
 Every rank should run as many threads as the one-process run it is compared with (one,
 under ``torchrun`` with several processes): the products round differently otherwise.
 
@@ -17,7 +18,8 @@ Under ``torchrun`` (which sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTE
     rec = DIP(A, device=ctx.device, ...)     # same arguments on every rank
     if ctx.is_main:
         rec.fit(y)
-    share_fit(rec, ctx)                      # rank != 0: θ*, network input and scale
+    state = broadcast_params(rec.state_dict() if ctx.is_main else None, ctx)
+    rec.load_state_dict(state)               # rank != 0: θ*, network input and scale
     lap = LinearisedLaplace(rec, y=y, group=ctx)  # y: rec.y is rank 0's only
     lap.fit_hyperparameters(...)             # identical history on every rank
     std = lap.moments(n, checkpoint=...).std # identical on every rank; write it on rank 0
@@ -36,13 +38,10 @@ import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.distributed as dist
-
-if TYPE_CHECKING:
-    from ..dip import DIP
 
 __all__ = [
     "DistContext",
@@ -50,7 +49,6 @@ __all__ = [
     "broadcast_params",
     "init_from_env",
     "shard",
-    "share_fit",
 ]
 
 
@@ -153,14 +151,15 @@ def init_from_env(*, backend: str | None = None, timeout: float = 1800.0) -> Dis
     """Join the process group that ``torchrun`` describes in the environment.
 
     Reads ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` (plus ``MASTER_ADDR``/``MASTER_PORT``,
-    read by ``torch.distributed``). With CUDA, each rank pins ``cuda:LOCAL_RANK`` (also for
-    ASTRA, when installed) and the backend is ``nccl``; without CUDA, the CPU and ``gloo``.
+    read by ``torch.distributed``). With CUDA, each rank pins ``cuda:LOCAL_RANK`` (the ASTRA
+    projector selects the GPU of the tensors it is given) and the backend is ``nccl``;
+    without CUDA, the CPU and ``gloo``.
 
     Args:
         backend: ``"nccl"`` or ``"gloo"`` to override the choice above.
         timeout: seconds a collective waits for a missing rank before the job stops. It must
             cover the longest stretch between collectives that one rank can run ahead: the DIP
-            fit on rank 0 (the others wait in :func:`share_fit`) and one rank's share of a
+            fit on rank 0 (the others wait for its broadcast) and one rank's share of a
             sampling run.
 
     Returns:
@@ -180,7 +179,6 @@ def init_from_env(*, backend: str | None = None, timeout: float = 1800.0) -> Dis
             )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-        _pin_astra(local_rank)
     else:
         device = torch.device("cpu")
     backend = backend or ("nccl" if device.type == "cuda" else "gloo")
@@ -194,20 +192,6 @@ def init_from_env(*, backend: str | None = None, timeout: float = 1800.0) -> Dis
             timeout=datetime.timedelta(seconds=timeout),
         )
     return DistContext(rank, world_size, local_rank, device, backend, timeout)
-
-
-def _pin_astra(gpu: int) -> None:
-    """Point ASTRA's process-global GPU choice at this rank's GPU, when ASTRA is installed.
-
-    Why: ASTRA defaults to GPU 0 for every process; the projector selects the tensor's GPU
-    around each call, and this covers ASTRA work started anywhere else.
-    """
-    try:
-        import astra
-    except ImportError:
-        return
-    if astra.use_cuda():
-        astra.set_gpu_index(gpu)
 
 
 def all_reduce_moments(
@@ -252,43 +236,3 @@ def broadcast_params(
         ctx.broadcast(tensor, src, f"broadcast of {name}")
         out[name] = tensor
     return out
-
-
-_INPUT, _SCALE, _NOISE = "__network_input__", "__scale__", "__noise_sigma__"
-
-
-def share_fit(rec: DIP, ctx: DistContext, src: int = 0) -> None:
-    """Give every rank the DIP fit of rank ``src``, so the DIP is fitted once.
-
-    On ``src``, ``rec`` is a fitted :class:`dip_uq.DIP`; on the other ranks, a ``DIP`` built
-    with the same arguments (network, input, device), not fitted. Afterwards every ``rec`` has
-    ``src``'s network weights (``network``, ``params_star``), ``network_input``, ``scale``
-    and ``noise_sigma``: what :meth:`DIP.image`, :meth:`DIP.predict` and
-    ``LinearisedLaplace(rec, y=y, ...)`` use. The rest of a receiver's state (history,
-    timings, ``tv_weight``, and ``y``: every rank has read the sinogram already, and a large
-    one is not worth a broadcast) stays unfitted.
-    """
-    payload = None
-    if ctx.rank == src:
-        if rec.params_star is None:
-            raise ValueError(f"rank {src} must fit the DIP (rec.fit(y)) before share_fit")
-        payload = {
-            **rec.network.state_dict(),
-            _INPUT: rec.network_input,
-            _SCALE: torch.tensor(rec.scale, dtype=torch.float64),
-            _NOISE: torch.tensor(rec.noise_sigma, dtype=torch.float64),
-        }
-    state = broadcast_params(payload, ctx, src)
-    if ctx.rank == src:
-        return
-    rec.scale = float(state.pop(_SCALE))
-    rec.noise_sigma = float(state.pop(_NOISE))  # LinearisedLaplace's σ_y starts from it
-    rec.network_input = state.pop(_INPUT).to(rec.device)
-    try:
-        rec.network.load_state_dict(state)
-    except RuntimeError as err:
-        raise ValueError(
-            f"rank {ctx.rank} built another network than rank {src}; build the DIP with the "
-            f"same arguments on every rank ({err})"
-        ) from err
-    rec.params_star = {n: p.detach().clone() for n, p in rec.network.named_parameters()}
