@@ -10,14 +10,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch.func import functional_call
+from helpers import SHAPE, small_linearised_unet
 
 import dip_uq as du
 from dip_uq import holdout, pipeline
 from dip_uq.cli import main
 from dip_uq.laplace import LinearisedLaplace, SolverConfig
-
-SHAPE = (12, 12)
 
 
 def test_every_kth_projection_is_held_out():
@@ -79,12 +77,8 @@ def tiny():
     kept, held = holdout.holdout_indices(8, 4)
     A = du.RayTransform(du.Volume(SHAPE), geometry[kept], "torch")
     A_held = du.RayTransform(du.Volume(SHAPE), geometry[held], "torch")
-    net = du.UNet(dim=2, scales=2, channels=4, skip_channels=2, seed=0)
-    z = torch.randn(1, 1, *SHAPE, generator=torch.Generator().manual_seed(1))
     lap = LinearisedLaplace(
-        image_fn=lambda p: functional_call(net, p, (z,))[0, 0],
-        params={k: v.detach() for k, v in net.named_parameters()},
-        weights=net.conv_weights(),
+        **small_linearised_unet(),
         operator=A,
         y=y[torch.as_tensor(kept)],
         noise_variance=float(sigma) ** 2,
