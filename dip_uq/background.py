@@ -1,12 +1,9 @@
 """One stage of a run in a background thread, on its own share of the CPU threads.
 
 Why: on a CPU the DIP's convolutions are too small for PyTorch's intra-op threads to pay,
-while two independent stages side by side, one thread each, nearly double the work done.
-Measured on a 2-core CPU (``scripts/bench_background.py``), milliseconds per DIP step of the
-demos' U-Nets: 64² (32 channels) 30.1 on one thread, 34.0 on two, two fits side by side 39.6
-per pair of steps (1.52x the steps per second of one thread); 24³ (16 channels) 53.0, 37.1,
-and 58.6 per pair (1.81x; 1.27x what two threads give one fit). The cross-validated prior
-scale's second DIP fit does not depend on the fit to all projections, so
+while two independent stages side by side, one thread each, nearly double the work done
+(``scripts/bench_background.py`` measures it; docs/measurements.md has the numbers). The
+cross-validated prior scale's second DIP fit does not depend on the fit to all projections, so
 :func:`dip_uq.reconstruct` fits both at once (:func:`beside`).
 
 A job's result is that of the same job run alone with the same thread count: each thread

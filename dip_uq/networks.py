@@ -53,10 +53,11 @@ def onednn_convolutions() -> Iterator[None]:
     forward and backward, where PyTorch would take its vol2col convolution.
 
     PyTorch's heuristic keeps a batch of one image below ``N·C·Z·Y = 20480`` elements (32
-    channels at 24³, 16 at 32³: every DIP volume of a laptop's size) on vol2col, which is 2-6×
-    slower than oneDNN there: a DIP step of the default 3D U-Net at 16³-24³ takes half the
-    time through oneDNN (``scripts/bench_dip.py speed --sizes laptop`` measures it). Results
-    agree with the vol2col convolution to float32 rounding (relative 1e-6), not bit for bit.
+    channels at 24³, 16 at 32³: every DIP volume of a laptop's size) on vol2col, which is
+    several times slower than oneDNN there, so a DIP step of the default 3D U-Net at these
+    sizes is much faster through oneDNN (``scripts/bench_dip.py speed --sizes laptop``
+    measures it; docs/measurements.md). Results agree with the vol2col convolution to float32
+    rounding, not bit for bit.
 
     For plain autograd only (the DIP's training steps): the oneDNN function has no
     forward-mode derivative and no batching rule, so do not enter it around ``torch.func``
@@ -159,7 +160,7 @@ _UPSAMPLE = {2: "bilinear", 3: "trilinear"}
 # Bernoulli distribution over filters of Gal & Ghahramani's Bayesian CNN.
 _DROPOUT = {2: nn.Dropout2d, 3: nn.Dropout3d}
 # Defaults per dimension: (scales, channels). Skip channels default to 4 at the two finest
-# scales only. Reasons and measurements are in the UNet docstring.
+# scales only. Reasons are in the UNet docstring, measurements in docs/measurements.md.
 _DEFAULTS = {2: (5, 32), 3: (4, 32)}
 
 
@@ -271,28 +272,16 @@ class UNet(nn.Module):
       published CT setting (6 scales, 128 channels, skips only at the two finest scales; 2.97M
       parameters in this implementation) with one scale fewer, so images from 49 pixels up fit
       (a 501-pixel slice still reaches a 32-pixel coarsest grid), and a quarter of its width:
-      on a 2-core CPU and a 64² ellipses scan (30 angles, 2 % noise) 32 channels reached
-      33.8 dB in 150 s where 128 channels reached 24.9 dB (800 iterations), and the
-      linearised Laplace std of 128-channel DIPs came out overconfident (90 % intervals
-      covering 0.19–0.68 of the voxels on 32² scans where 32 channels covered 0.97).
-      ``channels=128`` (2.38M parameters) is the published width.
+      on a CPU, 32 channels reached a much higher PSNR than 128 in less time, and the
+      linearised Laplace std of 128-channel DIPs came out overconfident where that of 32
+      channels was calibrated. ``channels=128`` (2.38M parameters) is the published width.
     * 3D: 4 scales, 32 channels, skip channels ``(4, 4, 0)``; 0.34M parameters. 3D
       convolutions cost 3x more per voxel and volumes hold far more voxels, so the width is
-      cut to keep one forward+backward at 64³ under a second on 2 CPU cores; the activations
-      saved for backward at 128³ take 3.3 GiB, well inside one GPU.
+      cut to keep one forward+backward at 64³ within about a second on a small CPU, and the
+      activations saved for backward at 128³ well inside one GPU's memory.
 
-    Forward+backward times, batch 1, float32, best of many runs on 2 CPU cores (torch 2.13):
-
-    ===  ======  ========  =======  ==========  ==========
-    dim  scales  channels  params   size        time
-    ===  ======  ========  =======  ==========  ==========
-    2    5       128       2.38M    128²        0.14 s
-    2    5       128       2.38M    256²        0.86 s
-    2    5       64        0.60M    128²        0.05 s
-    3    4       32        0.34M    32³         0.08 s
-    3    4       32        0.34M    64³         0.74 s
-    3    4       16        0.09M    64³         0.36 s
-    ===  ======  ========  =======  ==========  ==========
+    The measurements behind these defaults, and forward+backward times of several widths and
+    sizes, are in docs/measurements.md.
 
     The module is built on the CPU; move it with ``.to(device, dtype)``.
     """

@@ -165,7 +165,7 @@ def _rasterize(
     if covered is not None:
         lowest = float(torch.where(covered, out, math.inf).min())  # +inf if nothing covered
         if lowest < 0:
-            out -= lowest * covered  # (masked indexing is ~100x slower on CPU)
+            out -= lowest * covered  # (masked indexing is far slower on the CPU)
     if supersample > 1:
         split = [m for n in shape for m in (n, supersample)]
         out = out.reshape(split).mean(dim=tuple(range(1, 2 * d, 2)))

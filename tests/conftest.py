@@ -1,7 +1,16 @@
-"""Shared test settings."""
+"""Shared test settings, and tests/helpers.py on ``sys.path`` for every test folder."""
+
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+# the test folders are not packages: ``from helpers import ...`` (the small problems the test
+# files share) finds tests/helpers.py through this entry, from tests/ and every subfolder
+TESTS = str(Path(__file__).resolve().parent)
+if TESTS not in sys.path:
+    sys.path.insert(0, TESTS)
 
 
 @pytest.fixture(autouse=True, scope="session")

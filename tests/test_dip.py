@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_noise import parallel_scan
+from helpers import parallel_scan, small_unet
 
 import dip_uq as du
 from dip_uq.dip import DEFAULT_LR, DIP
@@ -15,10 +15,6 @@ from dip_uq.metrics import psnr
 from dip_uq.noise import default_iterations, default_tv_weight, ray_transform_gain, relative_noise
 
 FILTERS = ("ram-lak", "shepp-logan", "cosine", "hann", "hamming")
-
-
-def small_unet(dim: int = 2, seed: int = 0) -> du.UNet:
-    return du.UNet(dim, scales=3, channels=(8, 16, 16), skip_channels=4, seed=seed)
 
 
 # ------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ TINY = Suite("tiny", (SUITES["small"].cases[1], SUITES["small"].cases[0]), SUITE
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def run_at_5_percent_noise(tmp_path_factory):
     """The ``tiny`` suite's first case (32² Shepp-Logan, 30 parallel-beam angles over 180°,
     5 % noise, 16-channel U-Net, the DIP's default 2000 steps, 3 EM cycles), every method,
     run once for the tests."""
@@ -28,7 +28,7 @@ def tiny(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tiny_low_noise(tmp_path_factory):
+def rows_at_1_percent_noise(tmp_path_factory):
     """The ``tiny`` suite's second case: the first at 1 % noise (the DIP's default 5200
     steps), the Laplace before and after EM and MC dropout."""
     out = tmp_path_factory.mktemp("tiny-low-noise")
@@ -45,8 +45,8 @@ def tiny_low_noise(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_tiny_suite_writes_finite_results(tiny):
-    out, rows = tiny
+def test_tiny_suite_writes_finite_results(run_at_5_percent_noise):
+    out, rows = run_at_5_percent_noise
     assert list(rows) == list(SUITE_METHODS)
     with open(out / "results.csv") as handle:
         written = list(csv.DictReader(handle))
@@ -65,42 +65,42 @@ def test_tiny_suite_writes_finite_results(tiny):
 
 
 @pytest.mark.slow
-def test_laplace_after_em_has_a_higher_test_log_likelihood_than_mc_dropout(tiny):
+def test_laplace_after_em_has_a_higher_test_log_likelihood_than_mc_dropout(run_at_5_percent_noise):
     """Issue 6's acceptance test, first half, on the tiny suite's case (32² Shepp-Logan,
     30 angles over 180°, 5 % noise)."""
-    _, rows = tiny
+    _, rows = run_at_5_percent_noise
     laplace, dropout = rows["laplace-em"], rows["mc-dropout"]
     assert laplace["tll_1"] > dropout["tll_1"], (laplace, dropout)
 
 
 @pytest.mark.slow
-def test_laplace_before_em_covers_its_90_percent_interval(tiny):
+def test_laplace_before_em_covers_its_90_percent_interval(run_at_5_percent_noise):
     """The Laplace std at its initial hyperparameters (σ_y² from the DIP's noise estimate,
     the g-prior at the scale of the fitted weights) is calibrated on the tiny case: measured
     0.97 (0.94 with the plain prior)."""
-    _, rows = tiny
+    _, rows = run_at_5_percent_noise
     assert 0.8 <= rows["laplace"]["coverage_0.9"] <= 0.98, rows["laplace"]
 
 
 @pytest.mark.slow
-def test_laplace_after_em_covers_its_90_percent_interval(tiny):
+def test_laplace_after_em_covers_its_90_percent_interval(run_at_5_percent_noise):
     """Issue 6's acceptance test, second half (90 % coverage within [0.8, 0.98]), at 5 %
     noise: EM of the prior and the noise (the suite sets ``fit_prior``) from the g-prior
     covers 0.83 (0.97 before EM). It was a known failure (0.76) with the plain prior, the
     noise held at the DIP's estimate and the per-block bounds on the effective dimensions."""
-    _, rows = tiny
+    _, rows = run_at_5_percent_noise
     assert 0.8 <= rows["laplace-em"]["coverage_0.9"] <= 0.98, rows["laplace-em"]
 
 
 @pytest.mark.slow
 def test_laplace_after_em_passes_the_acceptance_test_where_the_prior_starts_too_wide(
-    tiny_low_noise,
+    rows_at_1_percent_noise,
 ):
     """Issue 6's acceptance test at 1 % noise, where EM has something to correct: at the
     initial hyperparameters the 90 % interval covers nearly every voxel (measured 0.999), EM
     tightens it into [0.8, 0.98] (0.93) and its test log-likelihood beats MC dropout's
     (7.1 against 4.0 nats per voxel)."""
-    rows = tiny_low_noise
+    rows = rows_at_1_percent_noise
     before, after, dropout = rows["laplace"], rows["laplace-em"], rows["mc-dropout"]
     assert 0.8 <= after["coverage_0.9"] <= 0.98, after
     assert after["coverage_0.9"] < before["coverage_0.9"], (before, after)

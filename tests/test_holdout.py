@@ -1,5 +1,5 @@
 """dip_uq.holdout: held-out projections scored under the posterior predictive, against the
-dense exact predictive of a tiny problem; they never enter the fit; bad input."""
+dense exact predictive of a held_out_problem problem; they never enter the fit; bad input."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch.func import functional_call
+from helpers import SHAPE, small_linearised_unet
 
 import dip_uq as du
 from dip_uq import holdout, pipeline
@@ -18,8 +18,6 @@ from dip_uq.cli import main
 from dip_uq.diagnostics import NotConvergedWarning
 from dip_uq.laplace import LinearisedLaplace, SolverConfig, prior_scale
 from dip_uq.laplace.predictive import predictive
-
-SHAPE = (12, 12)
 
 
 def test_every_kth_projection_is_held_out():
@@ -70,7 +68,7 @@ def test_cross_validation_interleaves_on_a_full_scan(angles_deg):
 
 
 @pytest.fixture(scope="module")
-def tiny():
+def held_out_problem():
     """A 12² linearised DIP fitted to 6 of 8 parallel-beam angles; the other 2 held out."""
     angles = np.linspace(0, np.pi, 8, endpoint=False)
     geometry = du.ParallelBeam(angles, (16,))
@@ -81,12 +79,8 @@ def tiny():
     kept, held = holdout.holdout_indices(8, 4)
     A = du.RayTransform(du.Volume(SHAPE), geometry[kept], "torch")
     A_held = du.RayTransform(du.Volume(SHAPE), geometry[held], "torch")
-    net = du.UNet(dim=2, scales=2, channels=4, skip_channels=2, seed=0)
-    z = torch.randn(1, 1, *SHAPE, generator=torch.Generator().manual_seed(1))
     lap = LinearisedLaplace(
-        image_fn=lambda p: functional_call(net, p, (z,))[0, 0],
-        params={k: v.detach() for k, v in net.named_parameters()},
-        weights=net.conv_weights(),
+        **small_linearised_unet(),
         operator=A,
         y=y[torch.as_tensor(kept)],
         noise_variance=float(sigma) ** 2,
@@ -103,8 +97,8 @@ def _exact_predictive(lap, A_held):
     return ((Ah @ cov @ Ah.T).diagonal() + lap.noise_variance).sqrt().reshape(A_held.range_shape)
 
 
-def test_the_predictive_of_exact_deviations_is_the_exact_predictive(tiny):
-    lap, A_held, _ = tiny
+def test_the_predictive_of_exact_deviations_is_the_exact_predictive(held_out_problem):
+    lap, A_held, _ = held_out_problem
     cov = lap.exact_covariance()
     # deviations D with Dᵀ D / n = cov exactly: the predictive's only error is round-off
     root = torch.linalg.cholesky(cov + 1e-12 * torch.eye(cov.shape[0], dtype=cov.dtype))
@@ -117,12 +111,12 @@ def test_the_predictive_of_exact_deviations_is_the_exact_predictive(tiny):
     assert bool((sample_std < std).all())
 
 
-def test_sampled_scores_match_the_exact_gaussian(tiny):
+def test_sampled_scores_match_the_exact_gaussian(held_out_problem):
     """Coverage and TLL of held-out pixels from 400 exact posterior samples agree with the
     exact Gaussian predictive: TLL to 0.05 nats per pixel, coverage to 0.07 (32 pixels: two
     pixels either way at most). The held-out data are drawn from that predictive (the
     untrained network of the fixture fits no data), so the exact scores are calibrated."""
-    lap, A_held, _ = tiny
+    lap, A_held, _ = held_out_problem
     mean = lap.model.image_star
     exact_std = _exact_predictive(lap, A_held).float()
     noise = torch.randn(exact_std.shape, generator=torch.Generator().manual_seed(5))
@@ -184,8 +178,8 @@ def test_the_decade_walk_stops_at_the_ends_of_its_range():
     assert prior_scale.best_decade(lambda e: 0.0, -3, 2)[0] == 0  # flat: the starting scale
 
 
-def test_the_prior_scale_is_chosen_by_the_held_out_likelihood(tiny):
-    lap, A_held, y_held = tiny
+def test_the_prior_scale_is_chosen_by_the_held_out_likelihood(held_out_problem):
+    lap, A_held, y_held = held_out_problem
     start = dict(lap.prior.variances)
     mean = lap.model.image_star
     search = prior_scale.choose_prior_scale(lap, A_held, y_held, mean, samples=8)
@@ -213,12 +207,12 @@ def test_the_prior_scale_is_chosen_by_the_held_out_likelihood(tiny):
         pipeline.Settings(prior_scale="holdout", holdout=4, em_steps=2, fit_prior=True)
 
 
-def test_the_search_reports_unconverged_candidates_itself(tiny, caplog):
+def test_the_search_reports_unconverged_candidates_itself(held_out_problem, caplog):
     """Capped at 2 CG iterations candidates stop unconverged: the search says so once, in its own
     words and with every candidate's residual in its result, instead of the sampler's
     warning per candidate (which told the user to raise the cap for samples of a factor
     the std map never uses)."""
-    lap, A_held, y_held = tiny
+    lap, A_held, y_held = held_out_problem
     start, solver = dict(lap.prior.variances), lap.solver
     lap.solver = SolverConfig(**{**vars(solver), "iterations": 2})
     try:

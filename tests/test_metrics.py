@@ -9,6 +9,7 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 import torch
+from helpers import calibrated
 from scipy.stats import spearmanr
 
 from dip_uq.metrics import (
@@ -21,15 +22,6 @@ from dip_uq.metrics import (
     ssim,
     summary,
 )
-
-
-def calibrated(shape, seed=0, scale=1.0):
-    """``mean``, ``std`` and a truth drawn from ``N(mean, (scale · std)²)`` per voxel."""
-    g = torch.Generator().manual_seed(seed)
-    mean = torch.randn(shape, generator=g)
-    std = 0.1 + torch.rand(shape, generator=g)
-    truth = mean + scale * std * torch.randn(shape, generator=g)
-    return mean, std, truth
 
 
 # ------------------------------------------------------------------------------------------

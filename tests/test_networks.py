@@ -11,7 +11,8 @@ from dip_uq import networks
 from dip_uq.networks import Norm, UNet
 
 
-def _tiny(dim: int, norm: str = "group", seed: int = 0) -> UNet:
+def _narrow_unet(dim: int, norm: str = "group", seed: int = 0) -> UNet:
+    """A 3-scale U-Net of 4, 8 and 8 channels, small enough for dense Jacobians."""
     return UNet(dim, scales=3, channels=(4, 8, 8), skip_channels=2, norm=norm, seed=seed)
 
 
@@ -36,14 +37,14 @@ def test_defaults(dim, shape):
 def test_seed_reproducible_and_global_rng_untouched():
     x = torch.randn(1, 1, 20, 20)
     state = torch.get_rng_state()
-    a, b, c = _tiny(2, seed=3), _tiny(2, seed=3), _tiny(2, seed=4)
+    a, b, c = _narrow_unet(2, seed=3), _narrow_unet(2, seed=3), _narrow_unet(2, seed=4)
     assert torch.equal(state, torch.get_rng_state())
     assert torch.equal(a(x), b(x))
     assert not torch.allclose(a(x), c(x))
     torch.manual_seed(0)
-    d = _tiny(2, seed=None)
+    d = _narrow_unet(2, seed=None)
     torch.manual_seed(0)
-    assert torch.equal(d(x), _tiny(2, seed=None)(x))
+    assert torch.equal(d(x), _narrow_unet(2, seed=None)(x))
 
 
 def test_conv_weights_cover_exactly_the_conv_weights():
@@ -74,7 +75,7 @@ def test_conv_weights_cover_exactly_the_conv_weights():
 # torch's first forward-mode AD call scripts its decompositions and warns about torch.jit.
 @pytest.mark.parametrize(("dim", "norm"), [(2, "group"), (2, "none"), (3, "group")])
 def test_jvp_vjp_adjoint_and_finite_difference(dim, norm):
-    net = _tiny(dim, norm).double()
+    net = _narrow_unet(dim, norm).double()
     shape = (16, 16) if dim == 2 else (13, 13, 13)
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(2, 1, *shape, generator=gen, dtype=torch.float64)
@@ -106,7 +107,7 @@ def test_jvp_vjp_adjoint_and_finite_difference(dim, norm):
 
 
 def test_batched_jvp_vjp_under_vmap():
-    net = _tiny(2).double()
+    net = _narrow_unet(2).double()
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(1, 1, 16, 16, generator=gen, dtype=torch.float64)
     params = dict(net.named_parameters())
@@ -172,7 +173,7 @@ def test_too_small_input_and_default_for():
 
 @pytest.mark.parametrize(("dim", "shape"), [(2, (20, 20)), (3, (16, 16, 16))])
 def test_dropout_adds_no_parameters_and_zero_changes_nothing(dim, shape):
-    plain = _tiny(dim, seed=3)
+    plain = _narrow_unet(dim, seed=3)
     zero = UNet(dim, scales=3, channels=(4, 8, 8), skip_channels=2, seed=3, dropout=0.0)
     drop = UNet(dim, scales=3, channels=(4, 8, 8), skip_channels=2, seed=3, dropout=0.3)
     assert str(zero) == str(plain)  # the same modules, repr included

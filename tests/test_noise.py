@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import parallel_scan
 
 import dip_uq as du
 from dip_uq.noise import (
@@ -18,18 +19,6 @@ from dip_uq.noise import (
     image_scale,
     ray_transform_gain,
 )
-
-
-def parallel_scan(n: int, n_angles: int, noise: float = 0.02, span: float = np.pi, seed: int = 0):
-    """Shepp-Logan on an ``n x n`` grid of unit voxels, parallel beam, detector of ``n`` pixels."""
-    A = du.RayTransform(
-        du.Volume((n, n)),
-        du.ParallelBeam(np.linspace(0, span, n_angles, endpoint=False), (n,)),
-        "torch",
-    )
-    x = du.phantoms.shepp_logan((n, n))
-    y, sigma = du.simulate(A, x, noise=noise, seed=seed, return_sigma=True)
-    return A, x, y, float(sigma)
 
 
 # ------------------------------------------------------------------------------------------

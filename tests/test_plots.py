@@ -5,8 +5,8 @@ from __future__ import annotations
 import matplotlib
 import numpy as np
 import pytest
+from helpers import calibrated
 from matplotlib.figure import Figure
-from test_metrics import calibrated
 
 from dip_uq.metrics import calibration_curve, reliability
 from dip_uq.plots import calibration_plot, reliability_plot

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_dip import small_unet
-from test_noise import parallel_scan
+from helpers import parallel_scan, small_unet
 
 import dip_uq as du
 from dip_uq.dip import DEFAULT_LR, DIP

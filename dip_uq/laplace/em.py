@@ -18,7 +18,7 @@ noise of ``n_b`` prior directions, ``±sqrt(2 n_b / K)`` for K samples, which sw
 ``γ_b``). A block whose estimate is within two standard errors (over
 the samples) of 0 keeps its variance for that step: with samples the solver has not
 converged, ``u_k`` stays close to ``u₀_k``, the estimate of ``γ_b`` tends to 0 and the update
-below would blow ``σ_b²`` up (measured: to 1e6 in five steps on a 24³ cone-beam demo). Even
+below would blow ``σ_b²`` up within a few steps (docs/measurements.md). Even
 so, truncated solves can make EM raise ``σ_b²`` step after step (the mode's whitened norm
 does not shrink as it should); ``σ_b²`` is therefore capped at 100 times its start, the
 scale of the fitted weights, with a warning. Otherwise::
@@ -28,23 +28,20 @@ scale of the fitted weights, with a warning. Otherwise::
 
 (The function-space estimate ``Σ_b γ_b = E||M u||²/σ_y²`` was tried for the noise update and
 dropped: with samples that CG has not fully converged it came out near ``m`` and threw
-``σ_y²`` up by five orders of magnitude.)
+``σ_y²`` up by orders of magnitude.)
 
 **One factor for all blocks** (the default, ``per_block=False``): ``σ_b² ← s σ_b²`` with
 ``s = Σ_b ||û_b||² / Σ_b γ_b``. The per-block update has more freedom than one DIP scan
-supports: with exact dense solves on a 32² DIP (5 % noise; the network fitted for 1500 /
-4000 steps) fifteen per-block steps drove some blocks' variances to 1e-6 / 4e-9 of their
-start, and the std's 90 % interval covered 59 % / 74 % of the voxels (test log-likelihood
-1.4 / 5.5 nats per voxel); the shared scale settled within three steps and covered 74 % /
-89 % (4.2 / 6.1 nats).
+supports: even with exact dense solves, per-block steps drove some blocks' variances down
+by orders of magnitude and left the std overconfident, while the shared scale settled within
+a few steps, with better coverage and test log-likelihood (docs/measurements.md).
 
 **The noise variance stays fixed** by default (``fit_noise=False``). Its update needs the
-linear model's exact mode: with the plain-sketch preconditioner of earlier versions and 100
-CG iterations, the residual ``||r - M û||²`` was far too large and ``σ_y²`` swung by three
-orders of magnitude between steps (32² Shepp-Logan, 2 % noise; also on the tooth scan).
-With the Nyström preconditioner it is stable (0.76–1.3 times the true ``σ_y²`` over 12
-steps on 32² and 64² DIPs, against 0.78–0.97 for the DIP's own estimate). When the prior
-is fitted too, ``σ_y²`` is held for the first :data:`NOISE_HOLD_STEPS` step(s); with
+linear model's exact mode: with the plain-sketch preconditioner of earlier versions and a
+truncated CG, the residual ``||r - M û||²`` was far too large and ``σ_y²`` swung by orders
+of magnitude between steps. With the Nyström preconditioner it is stable, within a small
+factor of the true ``σ_y²``, as the DIP's own estimate is (docs/measurements.md). When the
+prior is fitted too, ``σ_y²`` is held for the first :data:`NOISE_HOLD_STEPS` step(s); with
 ``fit_prior=False`` it is updated from the first step.
 
 Length scales stay fixed at the value given (default 1 tap): they shape the prior within a
@@ -200,8 +197,8 @@ def _statistics(
 
 def _check_mode(lap: Posterior) -> None:
     """Warn when the mode's solve stopped short (:meth:`SolverConfig.unconverged`): its
-    misfit sets ``σ_y²`` and its norms the prior variances (on the 32³ demo its first solve
-    stopped at the 300-iteration cap at 1.3e-2 and ``σ_y²`` swung by 80 %)."""
+    misfit sets ``σ_y²`` and its norms the prior variances (a mode stopped at the cap has
+    made ``σ_y²`` swing widely; docs/measurements.md)."""
     info = lap.last_mode_solve
     worst = float(info["residual"].max())
     if lap.solver.unconverged(worst):
@@ -233,8 +230,8 @@ def _update(
         n_b = lap.prior.block_sizes[b]
         gammas[b] = min(max(float(stats[i]) / n_samples, MIN_GAMMA_FRACTION * n_b), n_b)
     # the shared factor sums the blocks' estimates before bounding them: bounded block by block,
-    # the blocks the data do not see (γ_b ≈ 0) each added their floor, 74 of Σ γ_b = 587 on a
-    # 32² DIP, a 13 % bias towards a narrower prior
+    # the blocks the data do not see (γ_b ≈ 0) each added their floor, a sizeable bias towards
+    # a narrower prior (docs/measurements.md)
     n_params = lap.prior.n_params
     total = min(max(float(stats[:nb].sum()) / n_samples, MIN_GAMMA_FRACTION * n_params), n_params)
     if not fit_prior:

@@ -30,9 +30,10 @@ def full_float32_convolutions() -> Iterator[None]:
     On Ampere and newer GPUs torch computes float32 convolutions in TF32 by default (a 10-bit
     mantissa, unit round-off 5e-4 against float32's 6e-8). That is fine for fitting the DIP
     but not for the sampler's solves, which stop at a relative residual of 1e-3 of systems
-    spanning ``λ_1 / σ_y² = 5.6e7`` (the 2D demo's DIP): there, float32 products of a CG
-    solution already err by 1.3e-4 of the right-hand side (measured against float64), and
-    TF32 would multiply that by about 8000. No effect on the CPU.
+    spanning many orders of magnitude (``λ_1 / σ_y²``): there, float32 products of a CG
+    solution already err by a sizeable fraction of that tolerance (against float64), and
+    TF32 would multiply that by about 8000, the ratio of the round-offs
+    (docs/measurements.md). No effect on the CPU.
     """
     cudnn = torch.backends.cudnn
     conv = getattr(cudnn, "conv", None)
@@ -57,7 +58,7 @@ class LinearisedNetwork:
         params: the fitted parameters ``θ*`` (all of them; non-weights are held fixed).
         weights: the convolution weights to linearise over (``UNet.conv_weights()``).
         chunk: how many vectors one vmapped product handles at once; ``None`` sizes it so the
-            activations of one chunk fit in ``memory_budget`` bytes (measured by recording one
+            activations of one chunk fit in ``memory_budget`` bytes (found by recording one
             forward pass).
         memory_budget: bytes of activations per chunk when ``chunk`` is ``None``.
     """
@@ -117,8 +118,8 @@ class LinearisedNetwork:
 
         The network at ``θ*`` is traced once (``torch.func.linearize``) and every call
         reuses its activations: a product then skips the forward pass at ``θ*``, which on a
-        CPU also ran its convolutions one image at a time (1.4x faster products in 2D and 3D,
-        the same values bit for bit).
+        CPU also ran its convolutions one image at a time (faster products in 2D and 3D,
+        docs/measurements.md; the same values bit for bit).
         """
         with full_float32_convolutions():
             if self._jvp_fn is None:

@@ -9,8 +9,8 @@ the same device and number of threads per process.
 Each batch's moments (:class:`Moments`: count, mean and the sum of squared deviations
 ``M2``, float64) are merged into the total (Chan et al.'s pairwise update, exact but for
 float64 round-off), in index order within a process and by a sum over the processes, so
-the result depends on how the samples were split by that round-off only (below 4e-16,
-measured on a 32² std map from batches of 1, 3, 4 and 8 and from 1, 2 and 3 processes).
+the result depends on how the samples were split by that round-off only
+(docs/measurements.md).
 With a checkpoint folder every finished batch is saved there
 (:func:`dip_uq.checkpoint.save`, with the settings the samples depend on as fingerprint) and
 a later run with the same settings reads it back instead of solving it again: an

@@ -18,17 +18,17 @@ measurement-space system ``u = u₀ + Mᵀ a``, ``(M Mᵀ + σ_y² I) a = σ_y e
 (Matheron's rule; see :mod:`dip_uq.laplace.solvers`), preconditioned by a randomised Nyström
 approximation of ``M Mᵀ`` (:mod:`dip_uq.laplace.preconditioner`), built once per set of
 hyperparameters (``method="exact"`` solves the weight-space system densely, for tests):
-without it the 60–300 iterations we could afford left the samples close to the prior and
-the std several times too wide (a 32² DIP needed 1203 plain CG iterations to a relative
-residual of 1e-3, 58 with rank 200). All samples of a batch are optimised together.
+without it plain CG needs far more iterations than a run can afford, and solves cut short
+left the samples close to the prior and the std several times too wide
+(docs/measurements.md). All samples of a batch are optimised together.
 
 **Sample k depends on (seed, k) and the hyperparameters only**, not on the batch or the
 number of processes: random numbers come from one generator per sample index, seeded by
 ``(seed, index)``; the solver takes every step and stopping decision per sample; and every
 product of a sample solve is applied to exactly ``SolverConfig.product_rows`` rows at a time
 (:func:`~dip_uq.laplace.solvers.fixed_rows`), so that a sample's float32 arithmetic is the
-same bit for bit in any batch. (Without that, batches of 1, 3 and 8 gave std maps up
-to 53 % apart: the round-off of another batch shape, amplified by CG.) The samples are
+same bit for bit in any batch. (Without that, batches of different sizes gave std maps
+far apart: the round-off of another batch shape, amplified by CG.) The samples are
 solved and their moments merged batch by batch (:mod:`dip_uq.laplace.moments`). The
 hyperparameters are fitted by sample-based EM (:mod:`dip_uq.laplace.em`).
 """
@@ -63,8 +63,8 @@ if TYPE_CHECKING:
 __all__ = ["LinearisedLaplace"]
 
 _SEED_STRIDE = 1_000_003  # mixes (seed, sample index) into one generator seed
-# the mode's cap in SolverConfig.iterations: one row (an iteration costs half a batch of 8
-# samples') whose misfit sets σ_y²; at 32³ 300 iterations left a residual as large as it
+# the mode's cap in SolverConfig.iterations: the mode is one row (cheap next to a batch of
+# samples) and its misfit sets σ_y², while at the samples' cap its residual could stay large
 MODE_ITERATION_FACTOR = 2
 logger = logging.getLogger("dip_uq")
 
@@ -90,15 +90,14 @@ class LinearisedLaplace:
             ``θ*_bᵀ K_b⁻¹ θ*_b / n_b``, the scale of the fitted weights.
         lengthscale: Matérn-½ length scale ``ℓ_b`` in taps (fixed).
         gprior: scale every weight's prior by ``diag(Jᵀ Aᵀ A J)^{-1/2}``
-            (:mod:`dip_uq.laplace.gprior`) before the block variances are set (default). On
-            11 seeded scans (2D parallel and fan, 3D cone; 32 channels) it raised the 90 %
-            coverage where the std was too narrow (0.69–0.81 → 0.80–0.90), kept it at
-            0.92–1.0 elsewhere (median 0.92 against 0.88, mean TLL 5.73 against 5.46 nats
-            per voxel). ``False``: the plain block-wise prior.
+            (:mod:`dip_uq.laplace.gprior`) before the block variances are set (default): it
+            widens the std where the plain prior's was too narrow, keeps it calibrated
+            elsewhere and raises the test log-likelihood (docs/measurements.md). ``False``:
+            the plain block-wise prior.
         seed: seed of the sample generators.
         solver: :class:`SolverConfig` for samples (and, with CG, for the mode).
         chunk: vectors per batched Jacobian product; by default sized from the network's
-            measured activation memory (see :class:`LinearisedNetwork`).
+            activation memory (see :class:`LinearisedNetwork`).
         group: a :class:`~dip_uq.distributed.DistContext` to share the samples of
             :meth:`moments` and :meth:`fit_hyperparameters` among its processes (every rank
             builds the same object); ``None`` (default) for one process.

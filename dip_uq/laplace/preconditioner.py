@@ -2,9 +2,9 @@
 
 The conjugate-gradient sampler solves ``(M Mᵀ + μ I) a = b`` on sinograms (``μ = σ_y²``,
 :mod:`dip_uq.laplace.posterior`). ``M Mᵀ = A J Σ Jᵀ Aᵀ`` has a spectrum that decays fast but
-spans many orders of magnitude above ``μ`` (a 32² DIP with 1440 measurements: largest
-eigenvalue 2.4e6 ``μ``, 487 above ``μ``), so plain CG needs on the order of a thousand
-iterations.
+spans many orders of magnitude above ``μ``, with hundreds of eigenvalues above ``μ`` even
+for a small DIP, so plain CG needs far more iterations than a run can afford
+(docs/measurements.md).
 A rank-``r`` Nyström approximation ``M Mᵀ ≈ U Λ Uᵀ`` (Frangella, Tropp & Udell, "Randomized
 Nyström preconditioning", SIAM J. Matrix Anal. Appl. 44, 2023) gives the preconditioner::
 
@@ -38,13 +38,11 @@ def default_rank(size: int) -> int:
     most what keeps ``U`` (float64) within :data:`BASIS_BYTES`.
 
     The rank trades its build (``2 r`` products) against the CG iterations of every batch of
-    samples (a run solves about ten: EM, the std map, the prior-scale search). Measured on
-    one thread, batches of 8 samples at the fitted prior scale: the 2D demo's DIP (64²,
-    2880 measurements) took 81 / 42 / 17 iterations (21.5 / 11.0 / 5.3 s) with rank 200 /
-    400 / 800, built in 17 / 31 / 56 s; the 3D demo's (24³ cone beam, 20736 measurements)
-    stopped at the 300-iteration cap (residual 1e-2, 137 s) with rank 600 (built in 76 s)
-    and reached 1e-3 in 169 (97 s) with rank 1200 (142 s). The rank grows with the number
-    of eigenvalues far above ``μ``, which grows with ``m``.
+    samples (a run solves about ten: EM, the std map, the prior-scale search): a larger rank
+    cut the iterations and time of every batch by more than its longer build costs, and too
+    small a rank left the solves of a 3D DIP unconverged at the iteration cap
+    (docs/measurements.md has the measurements). The rank grows with the number of
+    eigenvalues far above ``μ``, which grows with ``m``.
     """
     low, high = DEFAULT_RANKS
     return max(1, min(high, max(low, size // 8), BASIS_BYTES // (8 * size)))
@@ -85,11 +83,10 @@ class NystromPreconditioner:
         after ``power`` subspace iterations (each ``rank`` more products).
 
         One subspace iteration pays for itself on DIP Jacobians, whose spectra decay too slowly
-        for a plain sketch to find the top eigenspace: on the 2D demo's DIP (64², 32 channels)
-        the plain rank-200 sketch put ``λ_r`` at 2.1 ``μ`` and CG stalled after 223 iterations at
-        a residual of 4e-3; with one iteration ``λ_r`` came out at 39 ``μ`` and CG reached 1e-3 in
-        64 (24³ cone-beam DIP: 300 iterations at 6e-3 before, 72 at 2e-3 after; the build took
-        22 s instead of 11 s, the solve 29 s instead of 113 s).
+        for a plain sketch to find the top eigenspace: a plain sketch underestimates ``λ_r``
+        and CG stalls above the tolerance; with one iteration ``λ_r`` comes out far larger
+        and CG converges in a fraction of the iterations, which saves much more time than
+        the doubled build costs (docs/measurements.md).
 
         ``like`` gives the dtype and device; ``seed`` makes the sketch reproducible (every
         process of a distributed run builds the same preconditioner).
@@ -135,13 +132,12 @@ class NystromPreconditioner:
 
         ``P⁻¹`` shrinks the direction of ``λ_i`` to ``(λ_r + μ) / (λ_i + μ)``; that factor is
         kept at least :attr:`FLOOR`. Computed as ``v - U (1 - factor) Uᵀ v`` in float64: in
-        float32 a factor near round-off is lost in the cancellation (``μ / λ_1 = 2e-8`` was
-        measured after EM raised the prior), ``P⁻¹`` stops being positive definite and CG
-        diverges, so float32 needed a floor of 1e-5, and that floor bounded the condition
-        number at ``1e-5 λ_1 / μ``: 6800 on the 3D demo's DIP (24³ cone beam, ``λ_1 / μ =
-        6.8e8``), where CG then stalled at a relative residual of 0.04-0.15 after 150
-        iterations; in float64, rank 600 reached 7.5e-4 in 94. The products of ``U`` cost
-        little next to the Jacobian products.
+        float32 a factor near round-off is lost in the cancellation (``μ / λ_1`` falls below
+        float32's round-off once EM has raised the prior), ``P⁻¹`` stops being positive
+        definite and CG diverges, so float32 needed a floor of 1e-5, and that floor bounded
+        the condition number at ``1e-5 λ_1 / μ``, thousands on a 3D DIP, where CG then
+        stalled far above the tolerance; in float64 it converges (docs/measurements.md). The
+        products of ``U`` cost little next to the Jacobian products.
         """
         factor = (self.eigenvalues[-1] + self.shift) / (self.eigenvalues + self.shift)
         scale = factor.clamp_min(self.FLOOR) - 1

@@ -33,9 +33,9 @@ RowMap = Callable[[torch.Tensor], torch.Tensor]
 
 RESTARTS = 5  # the most restarts of a CG row from its true residual (see _cg)
 # solves whose relative residual ends above this multiple of the tolerance get a warning:
-# float32 CG may stop a row on a breakdown a little above the tolerance (2e-3 measured),
-# harmless, while 100 iterations of the earlier plain-sketch preconditioner (residual ~5e-2)
-# left the 24³ demo's std five times the converged one
+# float32 CG may stop a row on a breakdown a little above the tolerance, harmless, while a
+# residual tens of times the tolerance (the earlier plain-sketch preconditioner, cut short)
+# left the std several times the converged one (docs/measurements.md)
 UNCONVERGED_FACTOR = 10.0
 
 
@@ -65,9 +65,9 @@ class SolverConfig:
             (:func:`fixed_rows`): a batch of samples goes through the network this many at a
             time, the last ones padded with zeros, so that a sample's float32 arithmetic
             is the same in a batch of any size and on any number of processes. Larger is
-            faster per sample where the device has room (a 32² DIP on one CPU thread: 28 ms
-            per product of 1 row, 51 ms of 8, 85 ms of 16) and wastes more on a batch
-            smaller than it.
+            faster per sample where the device has room (a product's time grows much more
+            slowly than its rows; docs/measurements.md) and wastes more on a batch smaller
+            than it.
         momentum: Nesterov momentum of SGD.
         average_from: fraction of ``iterations`` after which SGD's iterates are averaged.
         progress: show a progress bar.
@@ -133,12 +133,12 @@ def fixed_rows(row_map: RowMap, rows: int) -> RowMap:
 
     Why: batched float32 kernels (the vmapped convolutions of the Jacobian products, the
     matrix products of the preconditioner) round a row's result differently when it shares
-    the call with another number of rows (by 2e-7 relative, measured on a 32² DIP's dual
-    operator), and CG carries that into the posterior samples, which are the small remainder
-    of a prior sample minus its data-explained part: the same samples solved in batches of 1,
-    3 and 8 differed by up to 12 % in image space and their std maps by up to 53 %. With
+    the call with another number of rows (by float32 round-off), and CG carries that into the
+    posterior samples, which are the small remainder of a prior sample minus its
+    data-explained part: the same samples solved in batches of different sizes differed by
+    percents in image space and their std maps by far more (docs/measurements.md). With
     every call the same shape, a row's result depends on its own values only: not on the
-    other rows' values, nor on its position in the block (bit for bit, measured on the CPU).
+    other rows' values, nor on its position in the block (bit for bit on the CPU).
     """
 
     def apply(x: torch.Tensor) -> torch.Tensor:
@@ -232,8 +232,9 @@ def _cg(
     the iterations and the rows still running at the cap.
 
     In float32 the recursively updated residual drifts away from the true ``b - N x`` when
-    the system spans many orders of magnitude (the 3D demo's, ``λ_1 / μ = 7e8``: rows stopped
-    at a claimed 1e-3 with a true relative residual of 7.7e-3, its mode at 0.12). So a row
+    the system spans many orders of magnitude (as a 3D DIP's does: rows stopped at the
+    tolerance on their recursive residual with a true one several times larger, the mode's
+    far larger still; docs/measurements.md). So a row
     that reaches the tolerance on its recursive residual is checked against its true one, and
     one whose step finds a non-positive curvature ``pᵀ N p`` restarts; either way CG restarts
     that row from its true residual (at most :data:`RESTARTS` times). A row whose step from a

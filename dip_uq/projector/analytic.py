@@ -412,7 +412,7 @@ def fbp(
     The formulas are in the module docstring. Short and limited-angle scans run but are not
     redundancy-weighted (no Parker weights). The work is chunked over projections (and
     z-slabs of the volume) so that the working memory stays near ``_CHUNK_ELEMENTS`` elements
-    (about 300 MB peak for a 128³ volume from 128 projections in float32). The result is
+    (docs/measurements.md gives the peak for one size). The result is
     differentiable in ``sino``; autograd then keeps every chunk's sampling grid
     (``2 × n_angles × n_voxels`` elements) for the backward pass.
 

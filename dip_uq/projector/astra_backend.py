@@ -225,7 +225,7 @@ class AstraBackend:
 
     On CUDA, FP is Joseph-type ray marching with hardware (tri)linear interpolation and BP is
     voxel-driven with linear interpolation on the detector: **not an exact adjoint** (about
-    5e-3 relative mismatch measured for cone beam by others). The BP is rescaled by one scalar
+    5e-3 relative mismatch reported for cone beam by others). The BP is rescaled by one scalar
     per operator and path, calibrated once by a dot-product test with seeded random vectors
     (:meth:`adjoint_scale`; ``calibrate_adjoint=False`` keeps ASTRA's own scale), so only the
     interpolation mismatch remains.

@@ -12,8 +12,8 @@ Backends (chosen lazily, imported lazily):
   Its CUDA FP/BP pair is not an exact adjoint (relative mismatch of a few 1e-3).
 * ``"auto"``: ``"astra"`` where ASTRA's CUDA is usable, and for 2D parallel beam wherever
   ASTRA imports (its CPU ``linear`` projector: an exact adjoint pair, and faster than the
-  torch backend at every size measured on a 2-core CPU, batches of 8: 1.0–2.8x forward,
-  3–8x back projection from 32² to 256², ``scripts/bench_peers.py``); otherwise
+  torch backend at every size benchmarked, most of all in back projection,
+  ``scripts/bench_peers.py``; docs/measurements.md); otherwise
   ``"torch"``. Fan beam stays on ``"torch"``: ASTRA's CPU fan-beam projector is the
   coarser ``line_fanflat``. :attr:`RayTransform.backend` (and ``run.json``) says which.
 """

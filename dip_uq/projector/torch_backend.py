@@ -14,9 +14,8 @@ On the CPU the operator is stored as a sparse matrix where it fits in ``matrix_b
 bytes: the same sample points and interpolation weights, summed per (ray, voxel), as CSR
 matrices ``A`` and ``Aᵀ``, so that forward and adjoint are sparse matrix products (the same
 operator up to float rounding, ``Aᵀ`` its exact transpose). The same products by ray marching
-cost far more on a CPU: a 24³ cone beam with 24 projections (1.5 million non-zeros, 24 MB
-for both matrices), one thread: forward 24 / 87 / 267 ms for 1 / 8 / 32 volumes marched,
-2.8 / 4.3 / 9.2 ms as a matrix; adjoint 39 / 185 / 632 ms against 3.0 / 4.6 / 10.4 ms.
+cost far more on a CPU, an order of magnitude and more for a batch of volumes
+(docs/measurements.md).
 Elsewhere (and on CUDA) memory is bounded by processing the projections in chunks whose
 sample points fit in ``memory_budget`` bytes; the sample points are kept between calls (the
 same operator is applied thousands of times in a reconstruction) while they fit in
@@ -46,8 +45,8 @@ class TorchBackend:
         geometry: the scan geometry (2D or 3D, same dimension as ``volume``).
         step: distance between samples along a ray, in units of the smallest voxel edge.
             Default 0.5 in 2D and 1.0 in 3D, where the cost matters more: against a converged
-            reference (step 0.1) on Shepp-Logan phantoms the relative L2 error of ``A x`` is
-            0.08% (2D, 0.5) and 0.6% (3D, 1.0), below the noise of real scans.
+            reference (a much finer step) the relative error of ``A x`` at either default is
+            below the noise of real scans (docs/measurements.md).
         memory_budget: bytes of sample points and interpolated values per chunk.
         cache_budget: the sample points of all projections are cached between calls when
             they fit in this many bytes (per device and dtype); 0 disables the cache.

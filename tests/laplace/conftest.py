@@ -1,10 +1,11 @@
-"""The small Laplace problem most tests of this folder share (``tiny``)."""
+"""The small Laplace problem most tests of this folder share (``laplace_problem``)."""
 
 import pytest
-from test_posterior import tiny_problem
+from helpers import tiny_problem
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    """``(parts, true noise variance)`` of :func:`test_posterior.tiny_problem`."""
+def laplace_problem():
+    """``(parts, true noise variance)`` of :func:`helpers.tiny_problem`: a small linearised
+    U-Net, 6 parallel-beam angles, 5 % noise."""
     return tiny_problem()

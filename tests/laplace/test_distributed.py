@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_posterior import tiny_problem
+from helpers import tiny_problem
 
 import dip_uq as du
 from dip_uq.distributed import init_from_env, shard

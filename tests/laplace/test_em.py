@@ -87,8 +87,8 @@ def _saved(state):
     return buffer
 
 
-def test_em_resumed_from_a_state_dict_repeats_the_uninterrupted_run(tiny):
-    parts, noise_variance = tiny
+def test_em_resumed_from_a_state_dict_repeats_the_uninterrupted_run(laplace_problem):
+    parts, noise_variance = laplace_problem
     config = SolverConfig(iterations=40, tolerance=1e-3)
     make = lambda: LinearisedLaplace(**parts, noise_variance=100 * noise_variance, solver=config)  # noqa: E731
     straight = make()
@@ -104,10 +104,10 @@ def test_em_resumed_from_a_state_dict_repeats_the_uninterrupted_run(tiny):
         resumed.load_state_dict({**first.state_dict(), "prior_variances": {"x": 1.0}})
 
 
-def test_em_one_step_per_call_warm_starts_like_one_call_of_all_steps(tiny, monkeypatch):
+def test_em_one_step_per_call_warm_starts_like_one_call_of_all_steps(laplace_problem, monkeypatch):
     """The pipeline's one step per call keeps each sample's previous solution as its start:
     the same EM as one call, and a warm step needs fewer CG iterations than a cold one."""
-    parts, noise_variance = tiny
+    parts, noise_variance = laplace_problem
     config = SolverConfig(iterations=1000, tolerance=1e-3, preconditioner_rank=8)
     make = lambda: LinearisedLaplace(**parts, noise_variance=3 * noise_variance, solver=config)  # noqa: E731
     together = make()
@@ -131,10 +131,10 @@ def test_em_one_step_per_call_warm_starts_like_one_call_of_all_steps(tiny, monke
     assert len(cold) == len(warm) == 2 and max(warm) < min(cold)
 
 
-def test_the_mode_may_take_more_iterations_than_a_sample(tiny):
+def test_the_mode_may_take_more_iterations_than_a_sample(laplace_problem):
     """Plain CG on the tiny system needs more than 3 iterations: the samples stop at the cap,
     the mode (one row, whose misfit sets σ_y²) at MODE_ITERATION_FACTOR times it."""
-    parts, noise_variance = tiny
+    parts, noise_variance = laplace_problem
     config = SolverConfig(iterations=3, tolerance=1e-9, preconditioner_rank=0)
     lap = LinearisedLaplace(**parts, noise_variance=noise_variance, solver=config)
     lap.sample(2, warn=False)
@@ -143,10 +143,12 @@ def test_the_mode_may_take_more_iterations_than_a_sample(tiny):
     assert lap.last_mode_solve["iterations"] == 3 * MODE_ITERATION_FACTOR > 3
 
 
-def test_em_keeps_prior_variances_within_bounds_when_the_solves_are_truncated(tiny, caplog):
+def test_em_keeps_prior_variances_within_bounds_when_the_solves_are_truncated(
+    laplace_problem, caplog
+):
     """Two CG iterations leave the samples near their prior draws: EM must neither blow the
     prior variances up beyond 100x their start nor produce non-finite values."""
-    parts, _ = tiny
+    parts, _ = laplace_problem
     lap = LinearisedLaplace(**parts, solver=SolverConfig(iterations=2))
     start = dict(lap.prior.variances)
     lap.fit_hyperparameters(em_steps=6, em_samples=4, fit_noise=False, fit_prior=True)
@@ -155,10 +157,12 @@ def test_em_keeps_prior_variances_within_bounds_when_the_solves_are_truncated(ti
 
 
 @pytest.mark.parametrize("rank, warned", [(0, True), (None, False)])
-def test_em_warns_when_the_mode_it_rests_on_stopped_unconverged(tiny, recwarn, rank, warned):
+def test_em_warns_when_the_mode_it_rests_on_stopped_unconverged(
+    laplace_problem, recwarn, rank, warned
+):
     """Twice two plain CG iterations (the mode's share of a 2-iteration cap) leave the mode far
     from converged; the default preconditioner solves this tiny system within them."""
-    parts, _ = tiny
+    parts, _ = laplace_problem
     lap = LinearisedLaplace(**parts, solver=SolverConfig(iterations=2, preconditioner_rank=rank))
     lap.fit_hyperparameters(em_steps=1, em_samples=4, fit_noise=True, fit_prior=True)
     assert lap.last_mode_solve["iterations"] <= 2 * MODE_ITERATION_FACTOR
@@ -168,10 +172,10 @@ def test_em_warns_when_the_mode_it_rests_on_stopped_unconverged(tiny, recwarn, r
         assert isinstance(modes[0], NotConvergedWarning) and modes[0].setting == "cg_iterations"
 
 
-def test_em_caps_a_runaway_prior_variance_and_names_the_setting_to_raise(tiny):
+def test_em_caps_a_runaway_prior_variance_and_names_the_setting_to_raise(laplace_problem):
     """An M-step whose statistics would raise the variances a billionfold stops them at
     100x their start and warns, naming the Python setting (the CLI translates it)."""
-    parts, _ = tiny
+    parts, _ = laplace_problem
     lap = LinearisedLaplace(**parts)
     n_samples, blocks = 4, lap.prior.blocks
     # every sample estimates the same γ_b = n_b / 2 (no spread: significant), and the mode's
@@ -199,10 +203,10 @@ def _dense_noise_update(lap: LinearisedLaplace) -> float:
     return float((r - M @ u_hat).square().sum()) / (r.numel() - gamma)
 
 
-def test_em_noise_update_matches_the_dense_formula_after_the_held_first_step(tiny):
+def test_em_noise_update_matches_the_dense_formula_after_the_held_first_step(laplace_problem):
     """σ_y² ← ||r - M û||² / (m - γ) with the exact mode and γ = Σ λ / (λ + σ_y²); held at
     the first step (em.NOISE_HOLD_STEPS)."""
-    parts, noise_variance = tiny
+    parts, noise_variance = laplace_problem
     lap = LinearisedLaplace(
         **parts,
         noise_variance=4 * noise_variance,
@@ -226,8 +230,8 @@ def test_last_change_reports_the_relative_step_of_every_hyperparameter():
     assert em.last_change({"noise_variance": [1.0]}) == {}
 
 
-def test_em_fits_the_noise_alone_from_the_first_step_when_the_prior_is_held(tiny):
-    parts, noise_variance = tiny
+def test_em_fits_the_noise_alone_from_the_first_step_when_the_prior_is_held(laplace_problem):
+    parts, noise_variance = laplace_problem
     lap = LinearisedLaplace(
         **parts,
         noise_variance=4 * noise_variance,

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from test_posterior import SHAPE
+from helpers import SHAPE
 
 from dip_uq.laplace import LinearisedLaplace
 from dip_uq.laplace.gprior import MIN_RELATIVE_DIAGONAL, gprior_scale
@@ -30,8 +30,8 @@ def test_gprior_scale_is_exact_with_unit_probes_and_close_with_rademacher_ones()
     torch.testing.assert_close(again, estimate)
 
 
-def test_linearised_laplace_with_gprior_scales_each_weight_by_its_column_of_AJ(tiny):
-    parts, noise_variance = tiny
+def test_linearised_laplace_with_gprior_scales_each_weight_by_its_column_of_AJ(laplace_problem):
+    parts, noise_variance = laplace_problem
     plain = LinearisedLaplace(**parts, noise_variance=noise_variance, gprior=False)
     lap = LinearisedLaplace(**parts, noise_variance=noise_variance)  # the default
     eye = torch.eye(plain.model.n_params)

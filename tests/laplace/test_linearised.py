@@ -5,10 +5,10 @@ import torch
 from dip_uq.laplace.linearised import LinearisedNetwork
 
 
-def test_jacobian_products_run_convolutions_without_tf32(tiny):
+def test_jacobian_products_run_convolutions_without_tf32(laplace_problem):
     """torch's default TF32 convolutions on GPUs (relative error ~1e-3) would stall the
     sampler's CG; the products switch them off and restore the setting afterwards."""
-    parts, _ = tiny
+    parts, _ = laplace_problem
     conv = torch.backends.cudnn.conv
     saved, conv.fp32_precision = conv.fp32_precision, "tf32"  # torch's default
     seen = []

@@ -39,8 +39,8 @@ def _counting(lap, fail_at=None):
     return calls
 
 
-def test_moments_in_batches_resume_from_a_checkpoint(tiny, tmp_path):
-    parts, noise_variance = tiny
+def test_moments_in_batches_resume_from_a_checkpoint(laplace_problem, tmp_path):
+    parts, noise_variance = laplace_problem
     lap = LinearisedLaplace(
         **parts,
         noise_variance=100 * noise_variance,

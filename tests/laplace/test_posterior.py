@@ -6,39 +6,15 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch.func import functional_call
+from helpers import SHAPE
 
 import dip_uq as du
 from dip_uq.diagnostics import NotConvergedWarning
 from dip_uq.laplace import LinearisedLaplace, NystromPreconditioner, SolverConfig
 
-SHAPE = (12, 12)
 
-
-def tiny_problem() -> tuple[dict, float]:
-    """A small U-Net on a 12×12 image, 6 parallel-beam angles, 5% noise: the parts of a
-    ``LinearisedLaplace`` and the true noise variance. float32, as in use (CPU convolutions
-    with per-sample weights are ~30x slower in float64). The ``tiny`` fixture of this
-    folder's conftest; also used by test_distributed."""
-    A = du.RayTransform(
-        du.Volume(SHAPE), du.ParallelBeam(np.linspace(0, np.pi, 6, endpoint=False), (16,)), "torch"
-    )
-    net = du.UNet(dim=2, scales=2, channels=4, skip_channels=2, seed=0)
-    z = torch.randn(1, 1, *SHAPE, generator=torch.Generator().manual_seed(1))
-    params = {k: v.detach() for k, v in net.named_parameters()}
-    y, sigma = du.simulate(A, du.phantoms.shepp_logan(SHAPE), noise=0.05, seed=0, return_sigma=True)
-    parts = dict(
-        image_fn=lambda p: functional_call(net, p, (z,))[0, 0],
-        params=params,
-        weights=net.conv_weights(),
-        operator=A,
-        y=y,
-    )
-    return parts, float(sigma) ** 2
-
-
-def test_cg_samples_equal_exact_samples_and_reproduce_the_posterior_variance(tiny):
-    parts, noise_variance = tiny
+def test_cg_samples_equal_exact_samples_and_reproduce_the_posterior_variance(laplace_problem):
+    parts, noise_variance = laplace_problem
     # 100x the true noise variance keeps the system's condition number near 1e4, so CG
     # converges to float32 round-off within the test's budget
     lap = LinearisedLaplace(
@@ -64,11 +40,11 @@ def test_cg_samples_equal_exact_samples_and_reproduce_the_posterior_variance(tin
     )
 
 
-def test_mean_is_the_linear_models_exact_posterior_mean(tiny):
+def test_mean_is_the_linear_models_exact_posterior_mean(laplace_problem):
     """The Gaussian conditional mean in image space, ``μ₀ + C Aᵀ (A C Aᵀ + σ_y² I)⁻¹
     (y - A μ₀)`` with the prior mean ``μ₀ = f(θ*) - J θ*`` and covariance ``C = J Σ Jᵀ``,
     formed densely in float64: another formula than the solver's weight-space mode."""
-    parts, noise_variance = tiny
+    parts, noise_variance = laplace_problem
     lap = LinearisedLaplace(
         **parts,
         noise_variance=100 * noise_variance,
@@ -90,11 +66,11 @@ def test_mean_is_the_linear_models_exact_posterior_mean(tiny):
     assert misfit[0] < misfit[1]
 
 
-def test_cg_converges_towards_the_exact_samples_at_the_true_noise_level(tiny):
+def test_cg_converges_towards_the_exact_samples_at_the_true_noise_level(laplace_problem):
     """At the true noise level the system is ill-conditioned (κ ≈ 2e6 here); plain CG still
     approaches the exact samples steadily in float32, and the Nyström preconditioner gets
     there in a fraction of the iterations."""
-    parts, noise_variance = tiny
+    parts, noise_variance = laplace_problem
     lap = LinearisedLaplace(**parts, noise_variance=noise_variance)
     exact = lap.images(lap.sample_weights(8, method="exact")[0])
 
@@ -112,8 +88,10 @@ def test_cg_converges_towards_the_exact_samples_at_the_true_noise_level(tiny):
     assert error(30, rank=96) < 1e-3
 
 
-def test_preconditioner_follows_a_common_prior_scale_and_the_noise_without_a_rebuild(tiny):
-    parts, noise_variance = tiny
+def test_preconditioner_follows_a_common_prior_scale_and_the_noise_without_a_rebuild(
+    laplace_problem,
+):
+    parts, noise_variance = laplace_problem
     lap = LinearisedLaplace(**parts, noise_variance=noise_variance)
     lap.solver = SolverConfig(preconditioner_rank=32)
     first = lap.preconditioner()
@@ -134,14 +112,14 @@ def test_preconditioner_follows_a_common_prior_scale_and_the_noise_without_a_reb
     assert lap.preconditioner().basis is not first.basis
 
 
-def test_samples_std_and_em_do_not_depend_on_the_batch(tiny):
+def test_samples_std_and_em_do_not_depend_on_the_batch(laplace_problem):
     """Sample k depends on (seed, k) and the hyperparameters only: in batches of 1, 3 or all
     at once, EM makes the same steps and the std map is made of the same samples, bit for
     bit. (Before every product of a sample solve had the same number of rows, the float32
     round-off of another batch shape, amplified by CG, moved EM's prior variances by up to
     3e-4 and this std by 2e-5, relative; on a 32² DIP the std by up to 53 %.) The std
     differs by the round-off of merging float64 moments in other groups only."""
-    parts, noise_variance = tiny
+    parts, noise_variance = laplace_problem
     config = SolverConfig(iterations=100, tolerance=1e-3, preconditioner_rank=24, product_rows=4)
     runs = {}
     for batch in (1, 3, None):
@@ -162,8 +140,8 @@ def test_samples_std_and_em_do_not_depend_on_the_batch(tiny):
     assert torch.equal(lap.sample(3, start=4)[1], lap.sample(1, start=5)[0])
 
 
-def test_unconverged_samples_are_reported(tiny, recwarn):
-    parts, _ = tiny
+def test_unconverged_samples_are_reported(laplace_problem, recwarn):
+    parts, _ = laplace_problem
     # without the preconditioner (full rank here: exact after one iteration)
     lap = LinearisedLaplace(**parts, solver=SolverConfig(iterations=2, preconditioner_rank=0))
     with pytest.warns(NotConvergedWarning) as warned:
@@ -178,8 +156,8 @@ def test_unconverged_samples_are_reported(tiny, recwarn):
     assert lap.last_solve["residual"].max() < 1e-3 and not len(recwarn)
 
 
-def test_a_fitted_dip_supplies_the_sinogram_it_was_fitted_to(tiny):
-    parts, _ = tiny
+def test_a_fitted_dip_supplies_the_sinogram_it_was_fitted_to(laplace_problem):
+    parts, _ = laplace_problem
     network = du.UNet(dim=2, scales=2, channels=4, skip_channels=2, seed=0)
     rec = du.DIP(parts["operator"], network=network, iterations=3, device="cpu", progress=False)
     with pytest.raises(ValueError, match=r"not been fitted; call rec\.fit"):

@@ -37,13 +37,13 @@ def test_fixed_rows_calls_the_map_on_blocks_of_one_size_and_drops_the_padding():
 
 
 @pytest.mark.parametrize(("noise_factor", "rank"), [(1e4, 0), (1.0, 200)])
-def test_sgd_sampler_reaches_the_exact_samples(tiny, noise_factor, rank):
+def test_sgd_sampler_reaches_the_exact_samples(laplace_problem, noise_factor, rank):
     """SGD (Nesterov, iterate averaging) in CG's preconditioned measurement-space
     coordinates reaches the exact samples: without a preconditioner where the data term's
     curvature is mild (10⁴ x the noise variance), and with the Nyström preconditioner (full
     rank here) at the tiny problem's own noise level, where plain gradient steps would need
     orders of magnitude more iterations."""
-    parts, noise_variance = tiny
+    parts, noise_variance = laplace_problem
     lap = LinearisedLaplace(**parts, noise_variance=noise_factor * noise_variance)
     exact = lap.images(lap.sample_weights(8, method="exact")[0])
     lap.solver = SolverConfig(

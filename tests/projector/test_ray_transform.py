@@ -209,6 +209,6 @@ def test_stored_matrix_is_the_ray_marched_operator(kind):
     torch.testing.assert_close(stored.adjoint(y), marched.adjoint(y), rtol=1e-10, atol=1e-10)
     assert stored.impl._matrices[torch.float64] is not None
     assert marched.impl._matrices[torch.float64] is None
-    tiny = operator(kind, matrix_budget=1)
-    torch.testing.assert_close(tiny(x), marched(x))
-    assert tiny.impl._matrices[torch.float64] is None
+    over_budget = operator(kind, matrix_budget=1)
+    torch.testing.assert_close(over_budget(x), marched(x))
+    assert over_budget.impl._matrices[torch.float64] is None
