@@ -26,7 +26,7 @@ Spearman's rank correlation between the std and ``|mean - truth|``; wall time in
 (the Laplace rows include the DIP fit they linearise, so every row is the cost of getting
 that output from the data). Uncertainty metrics of FBP are NaN.
 
-Suites (:data:`SUITES`): ``small`` (2D 32²/48², 3D 16³; 14 minutes on a 2-core CPU),
+Suites (:data:`SUITES`): ``small`` (2D 32²/48², 3D 16³; for a CPU),
 ``full`` (2D 128², 3D 64³; for a GPU), each sparse-view and limited-angle at 1 % and 5 %
 noise, Shepp-Logan and random ellipses, parallel beam in 2D and cone beam in 3D; ``defaults``,
 the calibration's acceptance suite: ``dip-uq reconstruct``'s defaults on eleven cases none of
@@ -191,9 +191,8 @@ def _grid(
     return tuple(cases)
 
 
-# DIPs run their default iterations for the noise level (2000 at 5 %, 5200 at 1 %), as a
-# user runs them: fewer leave the DIP short of the data (400 on a 32² case: 18.8 dB instead of
-# 24.5 dB, and the std, which describes a fitted network, covered 72 % of its 90 % interval)
+# DIPs run their default iterations for the noise level, as a user runs them: fewer leave the
+# DIP short of the data, and the std, which describes the fitted network, too narrow
 _EM_PRIOR = {"fit_prior": True, "prior_scale": "weights"}  # EM of the prior from the weights'
 _SMALL = Settings(channels=16, samples=16, em_steps=3, em_samples=8, cg_iterations=150, **_EM_PRIOR)
 _SMALL_CASES = (
@@ -219,7 +218,7 @@ _DEFAULTS_CASES = (
 )
 
 SUITES: dict[str, Suite] = {
-    # 2-core CPU: 14 minutes (2 threads), 4 of them in the 3D cases (24³: 24 of 31 minutes)
+    # a CPU (docs/performance.md has its time)
     "small": Suite("small", _SMALL_CASES, _SMALL),
     # one GPU
     "full": Suite(

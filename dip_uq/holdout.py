@@ -134,10 +134,8 @@ def cross_validation_indices(geometry: Geometry, every: int) -> tuple[np.ndarray
     holds out as many, half of them at its two ends and the rest spread evenly inside
     (``where=ENDS_AND_INSIDE``): held-out angles inside the arc see what their neighbours
     see, so alone they miss the missing wedge's errors, which a fit to a shorter arc makes
-    just beyond its ends; the ends alone miss the errors inside. On a 120° scan the factor
-    chosen was 0.12 with the held-out angles inside only (90 % coverage 0.82, TLL 5.69),
-    1.3 with the ends only (0.96, 5.84) and 0.63 with both (0.92, 5.95; the weights' scale:
-    0.95, 5.90).
+    just beyond its ends; the ends alone miss the errors inside (docs/calibration.md compares
+    the three on a 120° scan).
     """
     kept, held = holdout_indices(geometry.n_angles, every)
     directions = _directions(geometry)

@@ -32,11 +32,11 @@ class Settings:
         scales: U-Net resolutions; ``None``: the default for the grid.
         samples: posterior samples for the std map.
         em_steps: steps of sample-based EM (0: none), which fits the noise variance
-            (``fit_noise``) and, with ``fit_prior``, the prior's scale. Two steps of the noise
-            alone took the DIP's estimate (0.78–1.55 σ_y² on five scans) to 0.82–1.01 σ_y².
+            (``fit_noise``) and, with ``fit_prior``, the prior's scale. Two steps bring the DIP's
+            estimate of the noise close to the true level (docs/calibration.md).
         em_samples: posterior samples per EM step; ``None``: ``samples``.
         cg_iterations: the most conjugate-gradient iterations per sampling solve (each
-            stops at a relative residual of 1e-3; the 2D demo's DIP needs about 60).
+            stops at a relative residual of 1e-3).
         preconditioner_rank: rank of the Nyström preconditioner of those solves (0: none;
             ``None``: :func:`dip_uq.laplace.preconditioner.default_rank`).
         batch: samples solved together; ``None``: all at once. The samples do not depend

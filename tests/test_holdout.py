@@ -1,5 +1,5 @@
 """dip_uq.holdout: held-out projections scored under the posterior predictive, against the
-dense exact predictive of a held_out_problem problem; they never enter the fit; bad input."""
+dense exact predictive of a tiny problem; they never enter the fit; bad input."""
 
 from __future__ import annotations
 
