@@ -226,10 +226,11 @@ def simulate(args: argparse.Namespace) -> None:
 
 
 def info(args: argparse.Namespace) -> None:
-    """Print what the reader finds in a scan file, without reconstructing."""
-    from .io import describe, read_scan
+    """Print what the reader finds in a scan file, without reconstructing (also for files
+    that ``reconstruct`` needs more options for: the summary names them)."""
+    from .io import describe_file
 
-    print(describe(read_scan(args.scan, **_read_options(args))))
+    print(describe_file(args.scan, **_read_options(args)))
 
 
 def _slice(text: str | None) -> tuple[int, int] | int | None:
@@ -310,6 +311,10 @@ _READ_OPTIONS = (
     "tilt_axis",
     "tilt_axis_offset",
     "log",
+    "scale",
+    "normalised",
+    "flats",
+    "darks",
 )
 
 
@@ -322,14 +327,15 @@ def _add_scan_arguments(p: argparse.ArgumentParser) -> None:
     """SCAN and how to read it, shared by the commands that read scan files."""
     p.add_argument(
         "scan",
-        help="scan file or folder (HDF5/NeXus, .mat, TIFF, .npy/.npz, MRC tilt series, "
-        "Xradia .txrm/.txm)",
+        help="scan file or folder (HDF5/NeXus, .mat, TIFF, .npy/.npz, MRC or HyperSpy .hspy "
+        "tilt series, Xradia .txrm/.txm)",
     )
     p.add_argument(
         "--geometry", help="geometry JSON (to_dict format) or ASTRA vector file (TIFF and NumPy)"
     )
     p.add_argument(
-        "--format", help="skip detection: nxtomo, dxchange, mat, tiff, npy, npz, mrc or txrm"
+        "--format",
+        help="skip detection: nxtomo, dxchange, mat, tiff, npy, npz, mrc, txrm or hspy",
     )
     p.add_argument(
         "--angles",
@@ -362,21 +368,44 @@ def _add_scan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tilt-axis",
         choices=["x", "y"],
-        help="MRC: the image axis the tilt axis runs along (default: y, IMOD's convention)",
+        help="tilt series: the image axis the tilt axis runs along (default: y for MRC, "
+        "IMOD's convention; x for .hspy, etspy's)",
     )
     p.add_argument(
         "--tilt-axis-offset",
         type=float,
-        help="MRC: pixels by which the tilt axis lies right of the image centre (like "
+        help="tilt series: pixels by which the tilt axis lies right of the image centre (like "
         "--center-offset, applied when reading)",
     )
     p.add_argument(
         "--log",
         action="store_const",
         const=True,
-        help="MRC: take -log(I / I0) (bright-field images); by default the values are used "
-        "as line integrals (HAADF/ADF-STEM)",
+        help="take -log(I / I0), I0 the 99.9th percentile of the data: intensities without a "
+        "flat field (bright-field tilt series; by default MRC/.hspy values are used as line "
+        "integrals, HAADF)",
     )
+    p.add_argument(
+        "--scale",
+        type=float,
+        metavar="S",
+        help="multiply the stored values by S: line integrals stored as integers times a "
+        "factor (S = 1 takes them as they are), or with --normalised scaled transmissions",
+    )
+    p.add_argument(
+        "--normalised",
+        action="store_const",
+        const=True,
+        help="the values are transmissions I / I0, already divided by a flat field: take -log",
+    )
+    p.add_argument(
+        "--flat",
+        dest="flats",
+        metavar="FILE",
+        help="flat field(s) from another file (TIFF, .npy, or an Xradia file's reference), for "
+        "raw projections whose file has none; replaces the file's own",
+    )
+    p.add_argument("--dark", dest="darks", metavar="FILE", help="dark frame(s) to go with --flat")
 
 
 def _add_device_arguments(p: argparse.ArgumentParser) -> None:
