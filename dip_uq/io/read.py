@@ -18,6 +18,8 @@ format             what is read
                    ``.tlt``/``.rawtlt``, the extended header or the caller, pixel size in nm
 ``txrm``           Zeiss Xradia TXRM/TXM (:mod:`~dip_uq.io.xradia`): projections, angles,
                    pixel size, distances (cone beam) and the reference image
+``hspy``           a HyperSpy/etspy tilt series (:mod:`~dip_uq.io.hyperspy`): the image stack,
+                   tilts from etspy's metadata or the navigation axis, pixel size in nm
 =================  ===========================================================================
 
 Files without a geometry (TIFF, NumPy, generic .mat arrays) take either a geometry file or
@@ -51,6 +53,7 @@ from .arrays import load_frames, read_npy, read_npz, read_tiff
 from .detect import FORMATS, detect_format, detect_hdf5
 from .dxchange import read_dxchange
 from .geometry_files import GeometrySource
+from .hyperspy import read_hspy
 from .matlab import read_mat
 from .mrc import read_mrc
 from .nexus import read_nexus
@@ -70,6 +73,7 @@ _ALIASES = {
     "xradia": "txrm",
     "st": "mrc",
     "ali": "mrc",
+    "hyperspy": "hspy",
 }
 _READERS = {
     "nxtomo": read_nexus,
@@ -80,6 +84,7 @@ _READERS = {
     "npz": read_npz,
     "mrc": read_mrc,
     "txrm": read_txrm,
+    "hspy": read_hspy,
 }
 # the options each reader takes besides geometry, rows and the conversion, which every reader
 # takes (the others are refused when given)
@@ -93,6 +98,7 @@ _OPTIONS = {
     "tiff": ("acquisition",),
     "npy": ("acquisition",),
     "mrc": _TILT_SERIES,
+    "hspy": _TILT_SERIES,
 }
 # the command-line options that set them, for the message
 _FLAGS = {
