@@ -339,8 +339,8 @@ def _add_scan_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--angles",
-        help="projection angles instead of a geometry file (TIFF, NumPy, .mat; MRC tilt "
-        "series): a text/.npy file, or START:STOP:COUNT with a unit, e.g. 0:180:360deg "
+        help="projection angles instead of a geometry file (TIFF, NumPy, .mat; MRC and .hspy "
+        "tilt series): a text/.npy file, or START:STOP:COUNT with a unit, e.g. 0:180:360deg "
         "(COUNT angles from START, STOP not included)",
     )
     p.add_argument(
