@@ -202,10 +202,11 @@ def simulate(args: argparse.Namespace) -> None:
 
 
 def info(args: argparse.Namespace) -> None:
-    """Print what the reader finds in a scan file, without reconstructing."""
-    from .io import describe, read_scan
+    """Print what the reader finds in a scan file, without reconstructing (also for files
+    that ``reconstruct`` needs more options for: the summary names them)."""
+    from .io import describe_file
 
-    print(describe(read_scan(args.scan, **_read_options(args))))
+    print(describe_file(args.scan, **_read_options(args)))
 
 
 def _slice(text: str | None) -> tuple[int, int] | int | None:
@@ -286,6 +287,10 @@ _READ_OPTIONS = (
     "tilt_axis",
     "tilt_axis_offset",
     "log",
+    "scale",
+    "normalised",
+    "flats",
+    "darks",
 )
 
 
@@ -298,8 +303,8 @@ def _add_scan_arguments(p: argparse.ArgumentParser) -> None:
     """SCAN and how to read it, shared by the commands that read scan files."""
     p.add_argument(
         "scan",
-        help="scan file or folder (HDF5/NeXus, .mat, TIFF, .npy/.npz, MRC tilt series, "
-        "Xradia .txrm/.txm)",
+        help="scan file or folder (HDF5/NeXus, .mat, TIFF, .npy/.npz, MRC or HyperSpy .hspy "
+        "tilt series, Xradia .txrm/.txm)",
     )
     reading = p.add_argument_group(
         "reading the scan",
@@ -309,12 +314,13 @@ def _add_scan_arguments(p: argparse.ArgumentParser) -> None:
         "--geometry", help="geometry JSON (to_dict format) or ASTRA vector file (TIFF and NumPy)"
     )
     reading.add_argument(
-        "--format", help="skip detection: nxtomo, dxchange, mat, tiff, npy, npz, mrc or txrm"
+        "--format",
+        help="skip detection: nxtomo, dxchange, mat, tiff, npy, npz, mrc, txrm or hspy",
     )
     reading.add_argument(
         "--angles",
-        help="projection angles instead of a geometry file (TIFF, NumPy, .mat; MRC tilt "
-        "series): a text/.npy file, or START:STOP:COUNT with a unit, e.g. 0:180:360deg "
+        help="projection angles instead of a geometry file (TIFF, NumPy, .mat; MRC and .hspy "
+        "tilt series): a text/.npy file, or START:STOP:COUNT with a unit, e.g. 0:180:360deg "
         "(COUNT angles from START, STOP not included)",
     )
     reading.add_argument(
@@ -346,20 +352,48 @@ def _add_scan_arguments(p: argparse.ArgumentParser) -> None:
     reading.add_argument(
         "--tilt-axis",
         choices=["x", "y"],
-        help="MRC: the image axis the tilt axis runs along (default: y, IMOD's convention)",
+        help="tilt series: the image axis the tilt axis runs along (default: y for MRC, "
+        "IMOD's convention; x for .hspy, etspy's)",
     )
     reading.add_argument(
         "--tilt-axis-offset",
         type=float,
-        help="MRC: pixels by which the tilt axis lies right of the image centre (like "
+        help="tilt series: pixels by which the tilt axis lies right of the image centre (like "
         "--center-offset, applied when reading)",
     )
-    reading.add_argument(
+    values = p.add_argument_group(
+        "stored values", "for files whose values are not line integrals (dip-uq info says which)"
+    )
+    values.add_argument(
         "--log",
         action="store_const",
         const=True,
-        help="MRC: take -log(I / I0) (bright-field images); by default the values are used "
-        "as line integrals (HAADF/ADF-STEM)",
+        help="take -log(I / I0), I0 the 99.9th percentile of the data: intensities without a "
+        "flat field (bright-field tilt series; by default MRC/.hspy values are used as line "
+        "integrals, HAADF)",
+    )
+    values.add_argument(
+        "--scale",
+        type=float,
+        metavar="S",
+        help="multiply the stored values by S: line integrals stored as integers times a "
+        "factor (S = 1 takes them as they are), or with --normalised scaled transmissions",
+    )
+    values.add_argument(
+        "--normalised",
+        action="store_const",
+        const=True,
+        help="the values are transmissions I / I0, already divided by a flat field: take -log",
+    )
+    values.add_argument(
+        "--flat",
+        dest="flats",
+        metavar="FILE",
+        help="flat field(s) from another file (TIFF, .npy, or an Xradia file's reference), for "
+        "raw projections whose file has none; replaces the file's own",
+    )
+    values.add_argument(
+        "--dark", dest="darks", metavar="FILE", help="dark frame(s) to go with --flat"
     )
 
 

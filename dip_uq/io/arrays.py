@@ -7,9 +7,13 @@ arrays are ``(angles, cols)`` or ``(angles, rows, cols)``, a unit row axis may b
 extra; with angles, the axis with as many entries as angles is taken as the angle axis and
 moved to the front (so a single 2D image with one row per angle is a 2D sinogram, and a
 MATLAB ``(cols, angles)`` sinogram is transposed), with a note. Float arrays are taken as
-line integrals; raw counts need flat fields (and darks), given as arrays ``(n, rows, cols)`` or
-TIFF / ``.npy`` files. An ``.npz`` archive may carry its own geometry (a ``to_dict`` JSON
-string), flats, darks and ground truth.
+line integrals; integer arrays (raw counts, or line integrals stored scaled) need to be told
+what they are (:mod:`dip_uq.io.values`: ``--flat FILE`` and ``--dark FILE``, ``--log``,
+``--normalised`` or ``--scale S``), and the refusal says which fits. An ``.npz`` archive may
+carry its own geometry (a ``to_dict`` JSON string), flats, darks and ground truth.
+
+Without a geometry or angles :class:`MissingGeometry` is raised; ``dip-uq info`` catches it to
+describe the array all the same.
 """
 
 from __future__ import annotations
@@ -24,14 +28,24 @@ from ..geometry import Geometry
 from ..scan import Scan, check_finite
 from .acquisition import Acquisition, orient
 from .detect import detect_format
-from .flat_field import flat_dark_correct
 from .geometry_files import GEOMETRY_HINT, GeometrySource, geometry_from_description, read_geometry
 from .numpy_files import npy_array, npz_arrays
 from .preprocess import select_rows
 from .tiff import tiff_array, tiff_files
+from .values import Conversion, to_line_integrals
+from .xradia import xradia_frames
 
-# flats or darks: an array (n, rows, cols) or a TIFF file/folder or .npy file holding one
+# flats or darks: an array (n, rows, cols) or a TIFF file/folder, .npy or Xradia file holding one
 FrameSource = np.ndarray | str | Path
+
+
+class MissingGeometry(ValueError):
+    """Bare arrays without a geometry or angles; ``summary`` describes what the file holds
+    (one line per array) for ``dip-uq info``."""
+
+    def __init__(self, message: str, summary: list[str]) -> None:
+        super().__init__(message)
+        self.summary = summary
 
 
 def array_scan(
@@ -43,8 +57,9 @@ def array_scan(
     geometry: GeometrySource | None,
     acquisition: Acquisition,
     rows: int | slice | tuple[int, int] | None,
-    flats: FrameSource | None,
-    darks: FrameSource | None,
+    conversion: Conversion | None = None,
+    flats: FrameSource | None = None,
+    darks: FrameSource | None = None,
     notes: list[str] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Scan:
@@ -57,8 +72,13 @@ def array_scan(
         what: the kind of data for messages, e.g. ``"a .npy sinogram"``.
         geometry: see :func:`~dip_uq.io.load_geometry`; acquisition: the angles, beam kind,
             pixel size and distances instead (its ``kind`` also serves ASTRA vector files).
-        rows, flats, darks: see :func:`~dip_uq.io.read_scan`.
+        rows: see :func:`~dip_uq.io.read_scan`.
+        conversion: what the values are (:mod:`dip_uq.io.values`); its flats replace the
+            file's own ``flats`` and ``darks`` (an ``.npz`` archive's).
         notes: what the reader found so far; extra: more :class:`Scan` fields.
+
+    Raises:
+        MissingGeometry: neither a geometry nor angles.
     """
     where = path.name
     notes = list(notes or [])
@@ -82,9 +102,10 @@ def array_scan(
         extra.update(scan_fields, angles_deg=degrees)
     else:
         if geometry is None:
-            raise ValueError(
+            raise MissingGeometry(
                 f"{where}: {what} needs a geometry; {GEOMETRY_HINT}, or --angles (with "
-                "--geometry-kind and the distances fan/cone beam need)"
+                "--geometry-kind and the distances fan/cone beam need)",
+                [*notes, _array_summary(data)],
             )
         extras = acquisition.flags(*(n for n in acquisition.given() if n != "kind"))
         if extras:
@@ -96,43 +117,35 @@ def array_scan(
         if note:
             notes.append(note)
     data = fit_layout(data, geom, where)
-    n_flats = n_darks = 0
-    if flats is not None:
-        flat_frames = fit_layout(load_frames(flats, "flats"), geom, "the flats", frames=True)
-        dark_frames = (
-            fit_layout(load_frames(darks, "darks"), geom, "the darks", frames=True)
-            if darks is not None
-            else None
+    if darks is not None and flats is None:
+        raise ValueError(f"{where}: darks were given without flats; pass both")
+    if conversion is None:  # a Python caller's flats and darks (files or arrays)
+        conversion = Conversion(
+            flats=None if flats is None else load_frames(flats, "flats"),
+            darks=None if darks is None else load_frames(darks, "darks"),
         )
-        three = lambda a: a if a.ndim == 3 else a[:, None, :]  # noqa: E731
-        line, more = flat_dark_correct(
-            three(data),
-            three(flat_frames),
-            None if dark_frames is None else three(dark_frames),
-            where,
-        )
-        line = line.reshape(data.shape)
-        n_flats, n_darks = len(flat_frames), 0 if dark_frames is None else len(dark_frames)
-        notes.extend(more)
-    else:
-        if darks is not None:
-            raise ValueError(f"{where}: darks were given without flats; pass both")
-        if not np.issubdtype(data.dtype, np.floating):
-            raise ValueError(
-                f"{where}: holds integer values ({data.dtype}), which look like raw counts; pass "
-                "flat fields (and darks) to convert them, or store float line integrals"
-            )
-        check_finite(data, f"{where}: the data")
-        line = data.astype(np.float32)
-        notes.append("data taken as line integrals (no flat fields given)")
+        flats = darks = None
+    check_finite(data, f"{where}: the data")  # indices as the file has them
+    frames = data if data.ndim == 3 else data[:, None, :]
+    converted = to_line_integrals(
+        frames,
+        conversion,
+        where,
+        default="arrays",
+        flats=None if flats is None else load_frames(flats, "flats"),
+        darks=None if darks is None else load_frames(darks, "darks"),
+        flats_source="the file's flats and darks",
+    )
+    notes.extend(converted.notes)
+    fields = converted.fields()
+    extra["metadata"] = {**extra.get("metadata", {}), **fields.pop("metadata", {})}
     scan = Scan(
-        line,
+        converted.values.reshape(data.shape),
         geom,
         source_format=source_format,
         path=path,
-        n_flats=n_flats,
-        n_darks=n_darks,
         notes=notes,
+        **fields,
         **extra,
     )
     if rows is not None:
@@ -209,8 +222,16 @@ def fit_layout(data: np.ndarray, geom: Geometry, where: str, frames: bool = Fals
     )
 
 
+def _array_summary(data: np.ndarray) -> str:
+    """One line on an array: dtype, shape and the range of its values."""
+    numeric = data.size and np.issubdtype(data.dtype, np.number)
+    values = f", values {data.min():.6g} to {data.max():.6g}" if numeric else ""
+    return f"array {data.dtype} {data.shape}{values}"
+
+
 def load_frames(source: FrameSource, what: str) -> np.ndarray:
-    """Flat or dark frames from an array or a file/folder (TIFF, .npy)."""
+    """Flat or dark frames from an array or a file/folder: TIFF, .npy, or an Xradia file (its
+    reference image, else its images; :func:`~dip_uq.io.xradia.xradia_frames`)."""
     if isinstance(source, np.ndarray):
         return source
     path = Path(source)
@@ -219,7 +240,11 @@ def load_frames(source: FrameSource, what: str) -> np.ndarray:
         return tiff_array(path)
     if fmt == "npy":
         return npy_array(path)
-    raise ValueError(f"{path.name}: {what} must be a TIFF file/folder or a .npy file")
+    if fmt == "txrm":
+        return xradia_frames(path)
+    raise ValueError(
+        f"{path.name}: {what} must be a TIFF file/folder, a .npy file or an Xradia file, not {fmt}"
+    )
 
 
 def read_tiff(path: Path, **options: Any) -> Scan:
@@ -256,7 +281,7 @@ def read_npz(
     if geometry is None and "geometry" in arrays and options["acquisition"].angles is None:
         geometry = geometry_from_description(json.loads(str(arrays["geometry"])), path.name)
         notes.append("geometry from the archive's 'geometry' entry (JSON)")
-    for key in ("flats", "darks"):
+    for key in ("flats", "darks"):  # the archive's own; a caller's --flat replaces them
         if options.get(key) is None and key in arrays:
             options[key] = arrays[key]
     extra = {"truth": arrays["truth"]} if "truth" in arrays else None

@@ -13,6 +13,8 @@ format             recognised by
 ``mrc``            ``MAP`` at byte 208 (MRC2014), or an MRC name (``.mrc``, ``.mrcs``, ``.st``,
                    ``.ali``, ``.preali``) for older files without it
 ``txrm``           the OLE2 compound-file signature (Zeiss Xradia ``.txrm`` / ``.txm``)
+``hspy``           HDF5 with the root attribute ``file_format = "HyperSpy"`` or an
+                   ``Experiments`` group (HyperSpy/etspy ``.hspy``)
 =================  ===========================================================================
 """
 
@@ -21,13 +23,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from .hdf5 import is_hdf5, nx_class, open_h5
+from .hyperspy import is_hyperspy
 from .mrc import MRC_SUFFIXES
 from .tiff import TIFF_MAGICS, tiff_files
 from .xradia import OLE_MAGIC
 
 __all__ = ["FORMATS", "detect_format"]
 
-FORMATS = ("nxtomo", "dxchange", "mat", "tiff", "npy", "npz", "mrc", "txrm")
+FORMATS = ("nxtomo", "dxchange", "mat", "tiff", "npy", "npz", "mrc", "txrm", "hspy")
 
 
 def file_head(path: Path, n: int = 4096) -> bytes:
@@ -72,19 +75,21 @@ def detect_format(path: str | Path) -> str:
         return "mrc"
     raise ValueError(
         f"{path.name}: unknown scan format (first bytes {head[:8]!r}); dip-uq reads NeXus/NXtomo "
-        "and Data Exchange HDF5, MATLAB .mat, TIFF stacks, .npy/.npz, MRC tilt series and "
-        "Xradia .txrm/.txm"
+        "and Data Exchange HDF5, MATLAB .mat, TIFF stacks, .npy/.npz, MRC tilt series, "
+        "HyperSpy .hspy and Xradia .txrm/.txm"
     )
 
 
 def detect_hdf5(path: Path) -> str:
-    """``"mat"``, ``"dxchange"`` or ``"nxtomo"`` for an HDF5 file; ValueError for another
-    layout."""
+    """``"mat"``, ``"dxchange"``, ``"hspy"`` or ``"nxtomo"`` for an HDF5 file; ValueError for
+    another layout."""
     if file_head(path, 16).startswith(b"MATLAB 7.3"):
         return "mat"
     with open_h5(path) as f:
         if "exchange" in f and "data" in f["exchange"]:
             return "dxchange"
+        if is_hyperspy(f):
+            return "hspy"
         for key in f:
             obj = f.get(key, getlink=False)
             if obj is not None and "MATLAB_class" in obj.attrs:
@@ -92,6 +97,6 @@ def detect_hdf5(path: Path) -> str:
         if any(nx_class(f.get(k)) == "NXentry" for k in f) or "entry" in f:
             return "nxtomo"
     raise ValueError(
-        f"{path.name}: an HDF5 file with neither a NeXus entry nor /exchange/data; "
-        "dip-uq reads NXtomo/NeXus and Data Exchange layouts"
+        f"{path.name}: an HDF5 file with neither a NeXus entry, /exchange/data nor HyperSpy's "
+        "/Experiments; dip-uq reads NXtomo/NeXus, Data Exchange and HyperSpy layouts"
     )

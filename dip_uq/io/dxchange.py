@@ -3,7 +3,8 @@
 attribute says radians), and the sample name and title when present.
 
 Data Exchange records no pixel size, so the scan is parallel beam with lengths in detector
-pixels (``units = "px"``) unless the caller gives a geometry.
+pixels (``units = "px"``) unless the caller gives a geometry. Frames without ``data_white``
+follow :mod:`dip_uq.io.values` (``--flat``, ``--normalised``, ``--log``, ``--scale``).
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import numpy as np
 
 from ..geometry import ParallelBeam
 from ..scan import Scan
-from .flat_field import flat_dark_correct, line_integrals_without_flats
 from .geometry_files import GEOMETRY_HINT, GeometrySource, read_geometry
 from .hdf5 import as_str, attr_str, open_h5
 from .rows import read_rows, scan_from_rows
 from .units import angles_to_rad
+from .values import Conversion, to_line_integrals
 
 
 def read_dxchange(
@@ -27,10 +28,12 @@ def read_dxchange(
     *,
     geometry: GeometrySource | None,
     rows: int | slice | tuple[int, int] | None,
+    conversion: Conversion | None = None,
     **_: Any,
 ) -> Scan:
     """A Data Exchange file; ``geometry`` replaces the parallel beam built from ``theta``,
-    ``rows`` keeps those detector rows (only they are read)."""
+    ``rows`` keeps those detector rows (only they are read), ``conversion`` says what the
+    values are without flats (:mod:`dip_uq.io.values`)."""
     where = path.name
     with open_h5(path) as f:
         exchange = f["exchange"]
@@ -61,12 +64,20 @@ def read_dxchange(
             if key in f:
                 metadata[label] = as_str(f[key][()])
     notes = [f"frames from /exchange/data {(n_angles, n_rows_total, n_cols)} {data.dtype}"]
-    if white is not None:
-        line, more = flat_dark_correct(data, white, dark, where)
-        more[0] += " (/exchange/data_white, /exchange/data_dark)"
-    else:
-        line, more = line_integrals_without_flats(data, "frames", where)
-    notes.extend(more)
+    converted = to_line_integrals(
+        data,
+        conversion or Conversion(),
+        where,
+        default="frames",
+        flats=white,
+        darks=dark,
+        flats_source="/exchange/data_white, /exchange/data_dark",
+        missing_flats="no flat fields (/exchange/data_white)",
+        window=(start, stop, n_rows_total),
+    )
+    line = converted.values
+    notes.extend(converted.notes)
+    metadata.update(converted.fields().pop("metadata", {}))
     if geometry is not None:
         geom, note = read_geometry(geometry, det_shape=(n_rows_total, n_cols))
         notes.append(note or "geometry given by the caller")
@@ -93,8 +104,8 @@ def read_dxchange(
         path=path,
         angles_deg=angles_deg,
         units="px" if geometry is None else "mm",
-        n_flats=0 if white is None else len(white),
-        n_darks=0 if dark is None else len(dark),
+        n_flats=converted.n_flats,
+        n_darks=converted.n_darks,
         notes=notes,
         metadata=metadata,
     )

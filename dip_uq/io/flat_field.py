@@ -127,27 +127,3 @@ def _fill_bad_pixels(line: np.ndarray, bad: np.ndarray) -> None:
             hi = good[min(right, good.size - 1)]
             w = 0.0 if hi == lo else (cols[c] - lo) / (hi - lo)
             view[:, r, c] = (1 - w) * view[:, r, lo] + w * view[:, r, hi]
-
-
-def transmission_to_line_integrals(data: np.ndarray, where: str) -> tuple[np.ndarray, list[str]]:
-    """``-log(data)`` for frames that are already normalised transmissions (flat = 1, dark = 0)."""
-    check_finite(data, where)
-    ones = np.ones((1, *data.shape[1:]), dtype=np.float32)
-    line, notes = flat_dark_correct(data, ones, None, where)
-    notes[0] = "line integrals -log(p) of frames that are already normalised transmissions"
-    return line, notes
-
-
-def line_integrals_without_flats(
-    data: np.ndarray, frames_name: str, where: str
-) -> tuple[np.ndarray, list[str]]:
-    """Frames without flat fields: normalised transmissions in (0, ~1.5] become -log(p);
-    anything else is an error."""
-    check_finite(np.asarray(data, dtype=np.float32), f"{where}: the {frames_name}")
-    values = np.asarray(data, dtype=np.float32)
-    if values.size and 0 < float(values.max()) <= 1.5 and np.issubdtype(data.dtype, np.floating):
-        return transmission_to_line_integrals(values, where)
-    raise ValueError(
-        f"{where}: the {frames_name} hold raw intensities (max {float(values.max()):.4g}) but the "
-        "file has no flat fields (image_key 1 / data_white), so they cannot become line integrals"
-    )

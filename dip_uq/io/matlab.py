@@ -113,10 +113,12 @@ def read_mat(
         None,
     )
     if htc is not None:
-        given = acquisition.flags()
+        conversion = options.get("conversion")
+        given = acquisition.flags() + (conversion.flags() if conversion is not None else [])
         if given or dataset is not None:
             raise ValueError(
-                f"{where}: the HTC2022 struct '{htc[0]}' records its geometry; leave out "
+                f"{where}: the HTC2022 struct '{htc[0]}' records its geometry and line "
+                "integrals; leave out "
                 f"{', '.join(given or ['--dataset'])} (or pass --geometry to replace it)"
             )
         return _htc_scan(path, version, *htc, geometry=geometry, **options)

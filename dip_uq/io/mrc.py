@@ -19,9 +19,10 @@
 * **Pixel size**: the header's voxel size in Å, converted to nm (lengths in nm, the usual unit
   of the field; reconstructions in 1/nm); a size of 0 means none (lengths in pixels).
 * **Values**: HAADF/ADF-STEM signals are proportional to the projected mass–thickness, i.e.
-  already line integrals: they are used as they are, without ``-log``. ``log=True`` (for
+  already line integrals: they are used as they are, without ``-log``. ``--log`` (for
   bright-field images) takes ``-log(I / I0)`` with ``I0`` the 99.9th percentile of the stack
-  (the brightest, empty areas).
+  (the brightest, empty areas); ``--scale``, ``--normalised`` and ``--flat`` work as for every
+  format (:mod:`dip_uq.io.values`).
 * **Alignment is the user's**: the images are taken as aligned (shifts and in-plane rotation
   removed, e.g. IMOD's ``.ali``), with the tilt axis through the image centre;
   ``tilt_axis_offset`` (pixels, like ``center_offset`` of :func:`~dip_uq.io.preprocess`) moves
@@ -38,20 +39,18 @@ from typing import Any
 
 import numpy as np
 
-from ..geometry import ParallelBeam
-from ..scan import Scan, check_finite
+from ..scan import Scan
 from .acquisition import Acquisition
 from .angles import read_angles, tilt_file_beside
-from .flat_field import flat_dark_correct
-from .geometry_files import GeometrySource, read_geometry
-from .preprocess import select_rows, window_geometry
+from .geometry_files import GeometrySource
+from .tilt_series import tilt_series_scan
+from .values import Conversion
 
 __all__ = ["MRC_SUFFIXES", "read_mrc"]
 
 MRC_SUFFIXES = (".mrc", ".mrcs", ".st", ".ali", ".preali")
 MODES = {0: "int8", 1: "int16", 2: "float32", 6: "uint16", 12: "float16"}
 _ANGSTROM_TO_NM = 0.1
-_I0_PERCENTILE = 99.9
 _LITTLE = sys.byteorder == "little"
 
 
@@ -166,7 +165,7 @@ def read_mrc(
     acquisition: Acquisition,
     tilt_axis: str | None,
     tilt_axis_offset: float | None,
-    log: bool | None,
+    conversion: Conversion | None = None,
 ) -> Scan:
     """An MRC tilt series (see the module docstring).
 
@@ -178,7 +177,8 @@ def read_mrc(
         tilt_axis: ``"x"`` or ``"y"``, the image axis the tilt axis runs along (None: ``y``).
         tilt_axis_offset: pixels by which the tilt axis projects to the right of the image
             centre (towards larger columns).
-        log: take ``-log(I / I0)`` (bright field); None or False: the values as they are.
+        conversion: what the values are (:mod:`dip_uq.io.values`; ``log=True`` for bright
+            field); by default they are used as they are.
 
     Raises:
         ValueError: unknown or complex mode, a truncated file, a single image, no or the
@@ -210,72 +210,30 @@ def read_mrc(
         )
     radians, degrees, note = _angles(path, info, acquisition, n)
     notes.append(note)
-    axis = tilt_axis or "y"
-    if axis == "y":
-        stack, pitch_a = data, (vy, vx)
-        notes.append(
-            "tilt axis along the image's y: rows = image y, columns = image x"
-            + (
-                " (given)"
-                if tilt_axis
-                else " (the default, IMOD's convention); pass --tilt-axis x if it runs along x"
-            )
-        )
-    else:
-        stack, pitch_a = data.transpose(0, 2, 1), (vx, vy)
-        notes.append("tilt axis along the image's x (given): rows = image x, columns = image y")
     axis_note = _axis_angle_note(info)
     if axis_note:
         notes.append(axis_note)
-    if min(pitch_a) > 0:
-        pixel: tuple[float, ...] | None = tuple(a * _ANGSTROM_TO_NM for a in pitch_a)
-        units = "nm"
+    if min(vx, vy) > 0:
+        pixel: tuple[float, float] | None = (vy * _ANGSTROM_TO_NM, vx * _ANGSTROM_TO_NM)
         notes.append(
-            f"pixel size {pitch_a[1]:g} x {pitch_a[0]:g} Å from the header: lengths in nm "
-            "(reconstructions in 1/nm)"
+            f"pixel size {vx:g} x {vy:g} Å from the header: lengths in nm (reconstructions in 1/nm)"
         )
     else:
-        pixel, units = None, "px"
+        pixel = None
         notes.append("no pixel size in the header (0): lengths are in detector pixels")
-    stack = np.ascontiguousarray(stack, dtype=np.float32)
-    if log:
-        i0 = float(np.percentile(stack, _I0_PERCENTILE))
-        flat = np.full((1, *stack.shape[1:]), i0, dtype=np.float32)
-        line, more = flat_dark_correct(stack, flat, None, where)
-        more[0] = (
-            f"line integrals -log(I / I0), I0 = {i0:.4g} (the {_I0_PERCENTILE}th percentile of "
-            "the stack; --log, for bright-field images)"
-        )
-        notes.extend(more)
-    else:
-        check_finite(stack, f"{where}: the images")
-        line = stack
-        notes.append(
-            "values used as line integrals, without -log (HAADF/ADF-STEM signals are "
-            "proportional to the projected mass-thickness); pass --log for bright-field images"
-        )
-    if geometry is not None:
-        geom, note = read_geometry(geometry, det_shape=line.shape[1:])
-        notes.append(note or "geometry given by the caller")
-    else:
-        geom = ParallelBeam(radians, line.shape[1:], pixel or (1.0, 1.0))
-        notes.append(
-            "parallel beam, tilt angle = rotation angle, beam along the reconstruction's y at "
-            "tilt 0; alignment is the user's: the images are taken as aligned (shifts and "
-            "in-plane rotation removed, as in IMOD's .ali) with the axis at the image centre"
-        )
-    if tilt_axis_offset:
-        geom = window_geometry(geom, col_shift=-float(tilt_axis_offset))
-        notes.append(f"tilt axis moved by {float(tilt_axis_offset):+.2f} px (given)")
-    scan = Scan(
-        line,
-        geom,
-        source_format="mrc",
+    return tilt_series_scan(
+        data,
+        radians,
+        degrees,
+        pixel,
         path=path,
-        angles_deg=degrees if geometry is None else None,
-        pixel_size=pixel,
-        units=units,
+        source_format="mrc",
+        geometry=geometry,
+        rows=rows,
+        tilt_axis=tilt_axis,
+        default_axis=("y", "IMOD's convention"),
+        tilt_axis_offset=tilt_axis_offset,
+        conversion=conversion,
         notes=notes,
         metadata={"label": info["labels"][0]} if info["labels"] else {},
     )
-    return select_rows(scan, rows) if rows is not None else scan

@@ -11,6 +11,13 @@
 * ``x_pixel_size`` / ``y_pixel_size`` / ``distance`` of the detector group, converted to mm;
   without a pixel size lengths are in detector pixels.
 
+An NXdata group whose signal is 2D, ``(angles, detector)`` (or ``(detector, angles)``, as its
+``axes`` attribute or ``AXIS_indices`` say), is a single sinogram: a 2D parallel-beam scan,
+with the pitch from the detector axis's values (in its ``units``) when there is no
+``x_pixel_size``. Angles that are not in ascending order are sorted, the projections with them
+(a note says so). Frames without flat fields follow :mod:`dip_uq.io.values` (``--flat``,
+``--normalised``, ``--log``, ``--scale``).
+
 The result is a parallel-beam scan (or the caller's geometry). Files written by
 :func:`~dip_uq.io.write_nxtomo` are recognised and read by :mod:`dip_uq.io.nxtomo`.
 """
@@ -26,12 +33,12 @@ import numpy as np
 
 from ..geometry import ParallelBeam
 from ..scan import Scan
-from .flat_field import flat_dark_correct, line_integrals_without_flats
 from .geometry_files import GEOMETRY_HINT, GeometrySource, read_geometry
 from .hdf5 import attr_str, nx_class, open_h5, read_scalar, safe_get
 from .nxtomo import FRAMES, is_own_nxtomo, read_nxtomo
 from .rows import read_rows, scan_from_rows
 from .units import angles_to_rad, to_mm
+from .values import Conversion, to_line_integrals
 
 
 def _find_entry(f: Any) -> Any:
@@ -72,8 +79,10 @@ def _frame_candidates(entry: Any) -> list[tuple[Any, str]]:
 
 
 def _find_frames(entry: Any, where: str) -> tuple[Any, Any, str, list[str]]:
-    """The frames dataset, its group, its path in this file, and notes on skipped candidates."""
+    """The frames dataset (3D frames, else a 2D sinogram that is an NXdata signal), its group,
+    its path in this file, and notes on skipped candidates."""
     skipped: list[str] = []
+    sinogram = None
     for group, name in _frame_candidates(entry):
         if name not in group:
             continue
@@ -83,13 +92,54 @@ def _find_frames(entry: Any, where: str) -> tuple[Any, Any, str, list[str]]:
             if reason:
                 skipped.append(f"skipped {label}: {reason}")
             continue
-        if not hasattr(ds, "shape") or ds.ndim != 3 or not np.issubdtype(ds.dtype, np.number):
+        if not hasattr(ds, "shape") or not np.issubdtype(ds.dtype, np.number):
             continue
-        return ds, group, label, skipped
+        if ds.ndim == 3:
+            return ds, group, label, skipped
+        if ds.ndim == 2 and sinogram is None and attr_str(group, "signal") == name:
+            sinogram = (ds, group, label)
+    if sinogram is not None:
+        return (*sinogram, skipped)
     raise ValueError(
-        f"{where}: no 3D frames found (looked at /entry/instrument/detector/data, NXdetector "
-        "groups and NXdata signals" + (f"; {'; '.join(skipped)}" if skipped else "") + ")"
+        f"{where}: no 3D frames or 2D sinogram found (looked at /entry/instrument/detector/data, "
+        "NXdetector groups and NXdata signals"
+        + (f"; {'; '.join(skipped)}" if skipped else "")
+        + ")"
     )
+
+
+def _axis_indices(group: Any) -> dict[str, int]:
+    """The axis fields of an NXdata group and the signal dimension each labels, from its
+    ``AXIS_indices`` attributes and its ``axes`` attribute (a list, or one string split at
+    ``:``; ``.`` marks a dimension without one)."""
+    out: dict[str, int] = {}
+    axes = group.attrs.get("axes")
+    if axes is not None:
+        names = np.asarray(axes).reshape(-1).tolist()
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+        if len(names) == 1:
+            names = names[0].split(":")
+        out.update({n: k for k, n in enumerate(names) if n and n != "."})
+    for attr, value in group.attrs.items():
+        if attr.endswith("_indices"):
+            out[attr[: -len("_indices")]] = int(np.asarray(value).reshape(-1)[0])
+    return out
+
+
+def _sinogram_axes(group: Any, shape: tuple[int, int]) -> tuple[int, str | None, Any]:
+    """For a 2D NXdata signal: which dimension runs over the angles (0 or 1, from an axis
+    whose name says angle/theta/rot; 0 without one), that axis's name, and the detector
+    axis's dataset (or None)."""
+    indices = _axis_indices(group)
+    name, angle = next(
+        ((n, k) for n, k in indices.items() if re.search("angle|theta|rot", n, re.IGNORECASE)),
+        (None, 0),
+    )
+    angle = angle if angle in (0, 1) else 0
+    detector = next((n for n, k in indices.items() if k == 1 - angle), None)
+    ds = safe_get(group, detector)[0] if detector else None
+    ok = ds is not None and hasattr(ds, "shape") and ds.shape == (shape[1 - angle],)
+    return angle, name, ds if ok else None
 
 
 def _find_1d(
@@ -121,11 +171,8 @@ def _nxdata_axes(entry: Any, frames: Any) -> list[tuple[Any, str]]:
             continue
         signal = attr_str(group, "signal")
         own = bool(signal) and _same_dataset(safe_get(group, signal)[0], frames)
-        for attr, value in group.attrs.items():
-            if not attr.endswith("_indices") or int(np.asarray(value).reshape(-1)[0]) != 0:
-                continue
-            name = attr[: -len("_indices")]
-            if re.search("angle|theta|rot", name, re.IGNORECASE):
+        for name, index in _axis_indices(group).items():
+            if index == 0 and re.search("angle|theta|rot", name, re.IGNORECASE):
                 out.append((group, name, own))
     out.sort(key=lambda item: (not item[2], item[1].endswith("_set")))
     return [(group, name) for group, name, _ in out]
@@ -136,19 +183,42 @@ def read_nexus(
     *,
     geometry: GeometrySource | None,
     rows: int | slice | tuple[int, int] | None,
+    conversion: Conversion | None = None,
     **_: Any,
 ) -> Scan:
     """A NeXus file (see the module docstring); ``geometry`` replaces the parallel beam built
-    from the file, ``rows`` keeps those detector rows (only they are read)."""
+    from the file, ``rows`` keeps those detector rows (only they are read), ``conversion``
+    says what the values are when the file has no flat fields (:mod:`dip_uq.io.values`)."""
     where = path.name
     with open_h5(path) as f:
         entry = _find_entry(f)
         if is_own_nxtomo(entry):
+            if conversion is not None and conversion.flags():
+                raise ValueError(
+                    f"{where}: a dip-uq NXtomo file holds line integrals; leave out "
+                    f"{', '.join(conversion.flags())}"
+                )
             return read_nxtomo(path, entry, geometry=geometry, rows=rows)
         frames, group, frames_name, notes = _find_frames(entry, where)
-        n_frames, n_rows_total, n_cols = frames.shape
         notes.insert(0, f"frames from {frames_name} {frames.shape} {frames.dtype}")
+        detector_axis = None
+        two_d = frames.ndim == 2
         axes = _nxdata_axes(entry, frames)
+        if two_d:
+            if rows is not None:
+                raise ValueError(f"{where}: {frames_name} is a 2D sinogram; it has no rows")
+            angle_dim, angle_name, detector_axis = _sinogram_axes(group, frames.shape)
+            if angle_name is not None:
+                axes.insert(0, (group, angle_name))
+            data = np.asarray(frames[()])
+            if angle_dim == 1:
+                data = data.T
+                notes.append(f"{frames_name} is (detector, angles): transposed")
+            notes.append("a 2D sinogram (angles, detector): a 2D parallel-beam scan")
+            data = data[:, None, :]
+            if detector_axis is not None:
+                detector_axis = (np.asarray(detector_axis[()], np.float64), detector_axis)
+        n_frames, n_rows_total, n_cols = (data if two_d else frames).shape
 
         key_found = _find_1d(
             [group, safe_get(entry, "data")[0], *(g for g, _ in axes)],
@@ -176,7 +246,8 @@ def read_nexus(
             )
 
         start, stop, single = read_rows(rows, n_rows_total, where)
-        data = np.asarray(frames[:, start:stop, :])
+        if not two_d:
+            data = np.asarray(frames[:, start:stop, :])
         diamond = "diamond_scan" in entry
 
         pixel_size = None
@@ -186,8 +257,13 @@ def read_nexus(
         if x is not None:
             col_mm, unit_note = to_mm(*x)
             row_mm = to_mm(*y)[0] if y is not None else col_mm
-            pixel_size, units = (row_mm, col_mm), "mm"
+            pixel_size, units = ((col_mm,) if two_d else (row_mm, col_mm)), "mm"
             notes.append(f"pixel size from {group.name}/x_pixel_size in {unit_note}")
+        elif detector_axis is not None and len(detector_axis[0]) > 1:
+            step = abs(float(np.median(np.diff(detector_axis[0]))))
+            col_mm, unit_note = to_mm(step, attr_str(detector_axis[1], "units"))
+            pixel_size, units = (col_mm,), "mm"
+            notes.append(f"pixel size from the steps of {detector_axis[1].name} in {unit_note}")
         else:
             notes.append("no pixel size in the file: lengths are in detector pixels")
         distances: dict[str, float] = {}
@@ -206,16 +282,23 @@ def read_nexus(
         notes.append(f"ignored {other} frames with image_key not 0/1/2 (invalid/alignment)")
     if not is_proj.any():
         raise ValueError(f"{where}: no projection frames (image_key 0) among {n_frames} frames")
-    projections = data[is_proj]
-    n_flats, n_darks = int(is_flat.sum()), int(is_dark.sum())
-    if n_flats:
-        line, more = flat_dark_correct(projections, data[is_flat], data[is_dark], where)
-    else:
-        line, more = line_integrals_without_flats(projections, frames_name="frames", where=where)
-    notes.extend(more)
+    converted = to_line_integrals(
+        data[is_proj],
+        conversion or Conversion(),
+        where,
+        default="frames",
+        flats=data[is_flat] if is_flat.any() else None,
+        darks=data[is_dark],
+        missing_flats="no flat fields (image_key 1)",
+        window=(start, stop, n_rows_total),
+    )
+    line = converted.values
+    notes.extend(converted.notes)
+    metadata.update(converted.fields().pop("metadata", {}))
 
     if geometry is not None:
-        geom, note = read_geometry(geometry, det_shape=(n_rows_total, n_cols))
+        det_shape = (n_cols,) if two_d else (n_rows_total, n_cols)
+        geom, note = read_geometry(geometry, det_shape=det_shape)
         notes.append(note or "geometry given by the caller")
         angles_deg = None
         units = "mm" if pixel_size is None else units
@@ -225,10 +308,17 @@ def read_nexus(
             np.asarray(values, dtype=np.float64)[is_proj], angle_units
         )
         notes.append(f"angles from {source} in {unit_note}")
-        spacing = pixel_size if pixel_size is not None else (1.0, 1.0)
-        geom = ParallelBeam(radians, (n_rows_total, n_cols), spacing)
+        if np.any(np.diff(degrees) < 0):
+            order = np.argsort(degrees, kind="stable")
+            line, radians, degrees = line[order], radians[order], degrees[order]
+            notes.append(f"the angles were not in ascending order: {len(order)} projections sorted")
+        spacing = pixel_size if pixel_size is not None else (1.0,) * 2
+        if two_d:
+            geom = ParallelBeam(radians, (n_cols,), spacing[-1])
+        else:
+            geom = ParallelBeam(radians, (n_rows_total, n_cols), spacing)
+            notes.append("parallel beam (NeXus tomography frames)")
         angles_deg = degrees
-        notes.append("parallel beam (NeXus tomography frames)")
     if frames_name.endswith(f"/{FRAMES}"):
         source_format = "nxtomo"
     else:
@@ -245,8 +335,8 @@ def read_nexus(
         pixel_size=pixel_size,
         distances=distances,
         units=units,
-        n_flats=n_flats,
-        n_darks=n_darks,
+        n_flats=converted.n_flats,
+        n_darks=converted.n_darks,
         notes=notes,
         metadata=metadata,
     )

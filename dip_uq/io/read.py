@@ -18,6 +18,8 @@ format             what is read
                    ``.tlt``/``.rawtlt``, the extended header or the caller, pixel size in nm
 ``txrm``           Zeiss Xradia TXRM/TXM (:mod:`~dip_uq.io.xradia`): projections, angles,
                    pixel size, distances (cone beam) and the reference image
+``hspy``           a HyperSpy/etspy tilt series (:mod:`~dip_uq.io.hyperspy`): the image stack,
+                   tilts from etspy's metadata or the navigation axis, pixel size in nm
 =================  ===========================================================================
 
 Files without a geometry (TIFF, NumPy, generic .mat arrays) take either a geometry file or
@@ -25,9 +27,12 @@ the angles with the beam kind, pixel size and distances
 (:class:`~dip_uq.io.acquisition.Acquisition`); the array is then turned so that the axis with
 one entry per angle comes first.
 
-Frames of raw intensities become line integrals with
-:func:`~dip_uq.io.flat_field.flat_dark_correct`; data already stored as line integrals
-(HTC2022, NumPy, dip-uq's own NXtomo files) pass through. Every reader returns a
+Stored values become line integrals by :func:`~dip_uq.io.values.to_line_integrals`: with the
+file's flat fields (:func:`~dip_uq.io.flat_field.flat_dark_correct`) or what the caller says
+(``flats``/``darks`` from other files, ``normalised``, ``log``, ``scale``: every format takes
+them); data already stored as line integrals (HTC2022, float NumPy arrays, dip-uq's own NXtomo
+files) pass through. ``describe=True`` (``dip-uq info``) keeps values that cannot be converted
+and says what is missing instead of refusing them. Every reader returns a
 :class:`~dip_uq.scan.Scan` whose ``notes`` say which datasets were used and what was done to
 them.
 
@@ -44,13 +49,15 @@ import numpy as np
 from ..scan import Scan
 from .acquisition import Acquisition
 from .angles import AngleSource
-from .arrays import read_npy, read_npz, read_tiff
+from .arrays import load_frames, read_npy, read_npz, read_tiff
 from .detect import FORMATS, detect_format, detect_hdf5
 from .dxchange import read_dxchange
 from .geometry_files import GeometrySource
+from .hyperspy import read_hspy
 from .matlab import read_mat
 from .mrc import read_mrc
 from .nexus import read_nexus
+from .values import Conversion
 from .xradia import read_txrm
 
 __all__ = ["read_scan"]
@@ -66,6 +73,7 @@ _ALIASES = {
     "xradia": "txrm",
     "st": "mrc",
     "ali": "mrc",
+    "hyperspy": "hspy",
 }
 _READERS = {
     "nxtomo": read_nexus,
@@ -76,27 +84,27 @@ _READERS = {
     "npz": read_npz,
     "mrc": read_mrc,
     "txrm": read_txrm,
+    "hspy": read_hspy,
 }
-# the options each reader takes besides geometry and rows (the others are refused when given)
-_ARRAYS = ("flats", "darks", "acquisition")
+# the options each reader takes besides geometry, rows and the conversion, which every reader
+# takes (the others are refused when given)
+_TILT_SERIES = ("acquisition", "tilt_axis", "tilt_axis_offset")
 _OPTIONS = {
     "nxtomo": (),
     "dxchange": (),
     "txrm": (),
-    "mat": (*_ARRAYS, "dataset"),
-    "npz": (*_ARRAYS, "dataset"),
-    "tiff": _ARRAYS,
-    "npy": _ARRAYS,
-    "mrc": ("acquisition", "tilt_axis", "tilt_axis_offset", "log"),
+    "mat": ("acquisition", "dataset"),
+    "npz": ("acquisition", "dataset"),
+    "tiff": ("acquisition",),
+    "npy": ("acquisition",),
+    "mrc": _TILT_SERIES,
+    "hspy": _TILT_SERIES,
 }
 # the command-line options that set them, for the message
 _FLAGS = {
-    "flats": "flats",
-    "darks": "darks",
     "dataset": "--dataset",
     "tilt_axis": "--tilt-axis",
     "tilt_axis_offset": "--tilt-axis-offset",
-    "log": "--log",
 }
 
 
@@ -118,6 +126,9 @@ def read_scan(
     tilt_axis: str | None = None,
     tilt_axis_offset: float | None = None,
     log: bool | None = None,
+    normalised: bool | None = None,
+    scale: float | None = None,
+    describe: bool = False,
 ) -> Scan:
     """Read a scan file (or a folder of TIFFs) as line integrals with its geometry.
 
@@ -132,9 +143,10 @@ def read_scan(
             ``"nxtomo"``).
         rows: detector rows to keep (an index, a ``slice`` or ``(start, stop)``); HDF5 frames
             are read only there. One index of a parallel-beam scan gives a 2D scan.
-        flats, darks: flat-field and dark frames for raw TIFF/NumPy projections (an array
-            ``(n, rows, cols)`` or a file/folder readable as one); the projections are then
-            converted with ``-log((p - dark) / (flat - dark))``.
+        flats, darks: flat-field and dark frames from elsewhere, for any format (an array
+            ``(n, rows, cols)`` or one frame, or a TIFF file/folder, ``.npy`` or Xradia file
+            holding them); the projections are then converted with
+            ``-log((p - dark) / (flat - dark))``, replacing the file's own flats.
         geometry_kind: ``"parallel"``, ``"fan"`` or ``"cone"``: the beam of a scan given by
             ``angles`` (parallel when not given), or of an ASTRA vector file (inferred from the
             vectors when not given).
@@ -146,9 +158,16 @@ def read_scan(
         source_origin, origin_detector: source–axis and axis–detector distances in mm, for
             ``geometry_kind`` fan or cone.
         dataset: the variable (.mat) or array (.npz) that holds the sinogram.
-        tilt_axis, tilt_axis_offset, log: for MRC tilt series, the image axis (``"x"`` or
-            ``"y"``) the tilt axis runs along, its offset in pixels from the image centre, and
-            whether to take ``-log`` (bright field); see :mod:`dip_uq.io.mrc`.
+        tilt_axis, tilt_axis_offset: for tilt series (MRC, HyperSpy), the image axis (``"x"``
+            or ``"y"``) the tilt axis runs along and its offset in pixels from the image
+            centre; see :mod:`dip_uq.io.tilt_series`.
+        log: take ``-log(I / I0)``, ``I0`` the 99.9th percentile of the data (intensities
+            without flat fields, bright-field tilt series); any format.
+        normalised: the values are transmissions already divided by a flat field (``-log``).
+        scale: multiply the stored values by this (line integrals stored scaled, or with
+            ``normalised`` transmissions stored scaled).
+        describe: keep values that cannot become line integrals instead of refusing them;
+            the scan's ``metadata["values"]`` then says what is missing (``dip-uq info``).
 
     Returns:
         A :class:`~dip_uq.scan.Scan` (sinogram float32 ``(angles, cols)`` or
@@ -157,8 +176,9 @@ def read_scan(
     Raises:
         FileNotFoundError: the path (or the geometry file) does not exist.
         ValueError: unknown, truncated or damaged file; missing datasets; a geometry that does
-            not fit the data; NaN/Inf in the data; unusable flats. Messages are one line and
-            say what to do.
+            not fit the data; NaN/Inf in the data; unusable flats; values that cannot become
+            line integrals without an option (:class:`~dip_uq.io.values.NeedsConversion`).
+            Messages are one line and say what to do.
     """
     path = Path(path)
     if not path.exists():
@@ -181,12 +201,9 @@ def read_scan(
         origin_detector=origin_detector,
     )
     given = {
-        "flats": flats,
-        "darks": darks,
         "dataset": dataset,
         "tilt_axis": tilt_axis,
         "tilt_axis_offset": tilt_axis_offset,
-        "log": log,
     }
     refused = [_FLAGS[k] for k, v in given.items() if v is not None and k not in _OPTIONS[key]]
     if acquisition.given() and "acquisition" not in _OPTIONS[key]:
@@ -197,9 +214,17 @@ def read_scan(
             "their own geometry; leave them out (or pass --geometry to replace it)"
         )
     options = {k: v for k, v in {**given, "acquisition": acquisition}.items() if k in _OPTIONS[key]}
+    conversion = Conversion(
+        flats=None if flats is None else load_frames(flats, "flats"),
+        darks=None if darks is None else load_frames(darks, "darks"),
+        normalised=bool(normalised),
+        log=bool(log),
+        scale=scale,
+        describe=describe,
+    )
     reader = _READERS[key]
     try:
-        return reader(path, geometry=geometry, rows=rows, **options)
+        return reader(path, geometry=geometry, rows=rows, conversion=conversion, **options)
     except FileNotFoundError:
         raise
     except (OSError, KeyError, EOFError) as error:  # h5py/tifffile on truncated content

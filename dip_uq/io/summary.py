@@ -1,14 +1,25 @@
 """The human summary of a scan that ``dip-uq info`` prints: data, angles, flats, geometry,
-detector, rotation axis, distances, units, the default grid and the reader's notes."""
+detector, rotation axis, distances, units, the default grid and the reader's notes.
+
+:func:`describe_file` describes every readable file, also those that ``reconstruct`` cannot
+take as they are: values that are not line integrals (no flat field: the summary names the
+options that convert them) and bare arrays without a geometry (the summary names the options
+that give one)."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..scan import Scan, default_volume
+from .arrays import MissingGeometry
+from .detect import detect_format
 from .preprocess import axis_column
+from .read import read_scan
 
-__all__ = ["describe"]
+__all__ = ["describe", "describe_file"]
 
 
 def _fmt(value: float) -> str:
@@ -21,8 +32,11 @@ def describe(scan: Scan) -> str:
     sino = scan.sinogram
     layout = "(angles, cols)" if g.ndim == 2 else "(angles, rows, cols)"
     lines = [f"{scan.path if scan.path is not None else 'scan'}: {scan.source_format}"]
+    metadata = dict(scan.metadata)
+    missing = metadata.pop("values", None)  # the values are not line integrals (describe=True)
+    quantity = "stored values (not line integrals)" if missing else "line integrals"
     lines.append(
-        f"  sinogram   {sino.dtype} {sino.shape} {layout}, line integrals in "
+        f"  sinogram   {sino.dtype} {sino.shape} {layout}, {quantity} in "
         f"[{_fmt(float(sino.min()))}, {_fmt(float(sino.max()))}], mean {_fmt(float(sino.mean()))}"
     )
     a = scan.angles_deg
@@ -40,8 +54,10 @@ def describe(scan: Scan) -> str:
         lines.append(
             f"  flats      {scan.n_flats} flat fields, {scan.n_darks} dark frames (means used)"
         )
+    elif missing:
+        lines.append(f"  missing    {missing}")
     else:
-        lines.append("  flats      none (the file holds line integrals)")
+        lines.append("  flats      none (the values are taken as line integrals)")
     lines.append(f"  geometry   {g!r}")
     det = " x ".join(str(n) for n in g.det_shape)
     frames = g.frames()
@@ -72,9 +88,28 @@ def describe(scan: Scan) -> str:
     lines.append(f"  grid       default reconstruction grid {volume!r}")
     if scan.truth is not None:
         lines.append(f"  truth      ground truth {scan.truth.dtype} {scan.truth.shape}")
-    for key, value in scan.metadata.items():
+    for key, value in metadata.items():
         lines.append(f"  {key:<10} {value}")
     if scan.notes:
         lines.append("  notes")
         lines.extend(f"    - {note}" for note in scan.notes)
     return "\n".join(lines)
+
+
+def describe_file(path: str | Path, **options: Any) -> str:
+    """What ``dip-uq info`` prints for a file: :func:`describe` of
+    :func:`~dip_uq.io.read_scan` ``(path, describe=True, **options)``, or, for bare arrays
+    without a geometry or angles, the arrays found and the options that give the geometry.
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`~dip_uq.io.read_scan`, for files that cannot
+            be read at all (unknown format, damaged, options that do not apply).
+    """
+    try:
+        return describe(read_scan(path, describe=True, **options))
+    except MissingGeometry as error:
+        fmt = options.get("format") or detect_format(path)
+        lines = [f"{path}: {fmt}"]
+        lines.extend(f"  found      {line}" for line in error.summary)
+        lines.append(f"  missing    {str(error).split(': ', 1)[1]}")
+        return "\n".join(lines)

@@ -29,9 +29,12 @@ DataType``                                     its type
 
 The scan is cone beam (flat detector, pixel pitch = pixel size at the axis × magnification)
 when both distances are set (non-zero), parallel beam otherwise; lengths in mm. Projections
-become line integrals with the reference as flat field (no dark frames: dark level 0); without
-a reference they must be normalised transmissions. Angles are used as the geometry's ``θ``
-(a scanner turning the other way mirrors the reconstruction).
+become line integrals with the reference as flat field (no dark frames: dark level 0). Without
+a reference, float projections in (0, 1.5] are taken as normalised transmissions; others need
+a flat field from elsewhere (``--flat FILE``: a TIFF/.npy image, or another Xradia file, whose
+reference image or else the mean of its images is used), ``--normalised`` or ``--log``
+(:mod:`dip_uq.io.values`); ``dip-uq info`` describes such a file all the same. Angles are used
+as the geometry's ``θ`` (a scanner turning the other way mirrors the reconstruction).
 """
 
 from __future__ import annotations
@@ -42,13 +45,13 @@ from typing import Any
 import numpy as np
 
 from ..geometry import ConeBeam, ParallelBeam
-from ..scan import Scan, check_finite
-from .flat_field import flat_dark_correct, line_integrals_without_flats
+from ..scan import Scan
 from .geometry_files import GeometrySource, read_geometry
 from .rows import read_rows, scan_from_rows
 from .units import LENGTH_TO_MM
+from .values import Conversion, to_line_integrals
 
-__all__ = ["read_txrm"]
+__all__ = ["read_txrm", "xradia_frames"]
 
 OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 _DATA_TYPES = {5: np.dtype("<u2"), 10: np.dtype("<f4")}
@@ -102,9 +105,11 @@ def read_txrm(
     *,
     geometry: GeometrySource | None,
     rows: int | slice | tuple[int, int] | None,
+    conversion: Conversion | None = None,
 ) -> Scan:
     """A TXRM/TXM projection file (see the module docstring); ``geometry`` replaces the one
-    built from the file, ``rows`` keeps those detector rows.
+    built from the file, ``rows`` keeps those detector rows, ``conversion`` says what to do
+    without a reference image (:mod:`dip_uq.io.values`).
 
     Raises:
         ValueError: not an OLE2 file, no image streams, a needed stream missing or short, a
@@ -163,19 +168,20 @@ def read_txrm(
             if streams.has(name) and np.any(streams.read(name, "<f4", n) != 0)
         ]
     notes = [f"Xradia OLE file: {n} projections {height} x {width} {dtype.name} ({count})"]
-    if reference is not None:
-        line, more = flat_dark_correct(data, reference, None, where)
-        more[0] += " (the flat is ReferenceData/Image)"
-    else:
-        check_finite(data, f"{where}: the projections")
-        try:
-            line, more = line_integrals_without_flats(data, "projections", where)
-        except ValueError:
-            raise ValueError(
-                f"{where}: no reference image (ReferenceData/Image, the flat field), so the raw "
-                "projections cannot become line integrals; export the scan with its reference"
-            ) from None
-    notes.extend(more)
+    if reference is None:
+        notes.append("no reference image (ReferenceData/Image): the file holds no flat field")
+    converted = to_line_integrals(
+        data,
+        conversion or Conversion(),
+        where,
+        default="frames",
+        flats=reference,
+        flats_source="the flat is ReferenceData/Image",
+        missing_flats="no reference image (ReferenceData/Image, the flat field)",
+        window=(start, stop, height),
+    )
+    line = converted.values
+    notes.extend(converted.notes)
     if shifted:
         notes.append(f"the file records alignment shifts ({', '.join(shifted)}): not applied")
     pixel = pixel_um * LENGTH_TO_MM["um"]
@@ -222,7 +228,39 @@ def read_txrm(
         source_format="xradia",
         path=path,
         angles_deg=angles_deg if geometry is None else None,
-        n_flats=0 if reference is None else 1,
         notes=notes,
+        **converted.fields(),
         **fields,
     )
+
+
+def xradia_frames(path: Path) -> np.ndarray:
+    """Flat-field frames ``(n, height, width)`` from an Xradia file: its reference image
+    (``ReferenceData/Image``) when it has one, else all its images (a separately acquired
+    reference series)."""
+    import olefile
+
+    where = path.name
+    try:
+        ole = olefile.OleFileIO(str(path))
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{where}: cannot open the OLE2 (Xradia) file ({error})") from None
+    with ole:
+        streams = _Streams(ole, where)
+        width = int(streams.scalar("ImageInfo/ImageWidth", "<u4"))
+        height = int(streams.scalar("ImageInfo/ImageHeight", "<u4"))
+        if streams.has("ReferenceData/Image"):
+            ref_type = streams.data_type("ReferenceData/DataType")
+            image = streams.read("ReferenceData/Image", ref_type, height * width)
+            return image.reshape(1, height, width)
+        count = "ImageInfo/ImagesTaken"
+        if not streams.has(count):
+            count = "ImageInfo/NoOfImages"
+        n = int(streams.scalar(count, "<u4")) if streams.has(count) else 1
+        dtype = streams.data_type("ImageInfo/DataType")
+        return np.stack(
+            [
+                streams.read(f"ImageData{i // 100 + 1}/Image{i + 1}", dtype, height * width)
+                for i in range(n)
+            ]
+        ).reshape(n, height, width)

@@ -20,7 +20,8 @@ def test_the_files_in_data(tmp_path):
     assert (tmp_path / "a.dat.npy").exists() and detect_format(tmp_path / "a.dat.npy") == "npy"
     np.savez(tmp_path / "b.npz", x=np.zeros(3))
     assert detect_format(tmp_path / "b.npz") == "npz"
-    assert set(FORMATS) == {"nxtomo", "dxchange", "mat", "tiff", "npy", "npz", "mrc", "txrm"}
+    known = {"nxtomo", "dxchange", "mat", "tiff", "npy", "npz", "mrc", "txrm", "hspy"}
+    assert set(FORMATS) == known
 
 
 def test_what_is_not_a_scan(tmp_path):
@@ -36,6 +37,6 @@ def test_what_is_not_a_scan(tmp_path):
     one_line(error)
     with h5py.File(tmp_path / "other.h5", "w") as f:
         f["x"] = 1
-    with pytest.raises(ValueError, match="neither a NeXus entry nor /exchange/data") as error:
+    with pytest.raises(ValueError, match="neither a NeXus entry, /exchange/data nor") as error:
         detect_format(tmp_path / "other.h5")
     one_line(error)

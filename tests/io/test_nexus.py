@@ -7,6 +7,7 @@ import shutil
 
 import h5py
 import numpy as np
+import pytest
 from io_helpers import DATA, K11, ball_sinogram
 
 from dip_uq.geometry import ParallelBeam
@@ -59,3 +60,50 @@ def test_nxtomo_intensities_with_image_key(tmp_path):
     assert scan.source_format == "nxtomo" and scan.n_flats == 4 and scan.n_darks == 2
     assert scan.geometry == g and scan.units == "mm" and scan.pixel_size == (0.5, 0.75)
     np.testing.assert_allclose(scan.sinogram, sino, atol=1e-4)
+
+
+def test_a_2d_sinogram_with_an_unsorted_angle_axis(tmp_path, capsys):
+    """A synchrotron NeXus file holding one sinogram: an NXdata whose signal is (angles,
+    detector), with a shuffled rotation-angle axis and a detector axis in µm."""
+    from io_helpers import one_line, parallel_2d
+
+    from dip_uq.cli import main
+
+    g = parallel_2d(90, 64)  # 0..178°, pitch 0.75 mm
+    sino = ball_sinogram(g)
+    order = np.random.default_rng(1).permutation(90)
+    with h5py.File(tmp_path / "sino.nxs", "w") as f:
+        entry = f.create_group("entry")
+        entry.attrs["NX_class"] = "NXentry"
+        data = entry.create_group("sinogram")
+        data.attrs["NX_class"] = "NXdata"
+        data.attrs["signal"] = "data"
+        data.attrs["axes"] = ["rotation_angle", "x"]
+        data["data"] = np.exp(-sino[order]).astype(np.float32)  # normalised transmissions
+        data["rotation_angle"] = np.rad2deg(g.angles[order])
+        data["rotation_angle"].attrs["units"] = "degrees"
+        data["x"] = 750.0 * (np.arange(64) - 31.5)
+        data["x"].attrs["units"] = "um"
+    scan = read_scan(tmp_path / "sino.nxs")
+    assert scan.ndim == 2 and scan.sinogram.shape == (90, 64)
+    assert scan.geometry == g and scan.units == "mm" and scan.pixel_size == (0.75,)
+    np.testing.assert_allclose(scan.angles_deg, np.rad2deg(g.angles))
+    np.testing.assert_allclose(scan.sinogram, sino, atol=1e-4)
+    text = " ".join(scan.notes)
+    assert "not in ascending order: 90 projections sorted" in text and "2D sinogram" in text
+    assert main(["info", str(tmp_path / "sino.nxs")]) == 0
+    assert "(90, 64) (angles, cols)" in capsys.readouterr().out
+
+    with h5py.File(tmp_path / "sino.nxs", "a") as f:  # (detector, angles), raw counts
+        group = f["entry/sinogram"]
+        del group["data"]
+        group["data"] = np.round(3e4 * np.exp(-sino[order])).T.astype(np.uint16)
+        group.attrs["axes"] = ["x", "rotation_angle"]
+    assert main(["info", str(tmp_path / "sino.nxs")]) == 0
+    out = capsys.readouterr().out
+    assert "(detector, angles): transposed" in out and "missing    the frames hold raw" in out
+    with pytest.raises(ValueError, match=r"no flat fields \(image_key 1\).*--log") as error:
+        read_scan(tmp_path / "sino.nxs")
+    one_line(error)
+    scan = read_scan(tmp_path / "sino.nxs", log=True)
+    np.testing.assert_allclose(scan.sinogram, sino, atol=2e-3)

@@ -143,3 +143,48 @@ def test_bad_xradia_files_end_in_one_line_and_touch_nothing(tmp_path):
     one_line(error)
     with pytest.raises(ValueError, match=r"--angles do not apply to txrm files"):
         read_scan(path, angles="0:360:36deg")
+
+
+def test_txrm_without_reference_is_described_and_takes_a_flat_from_elsewhere(tmp_path, capsys):
+    """A small test scan of 7 projections without ReferenceData/Image: ``info`` describes it,
+    ``reconstruct`` refuses it in one line naming --flat and --normalised, and both work."""
+    from dip_uq.cli import main
+
+    g, line = cone_scan()
+    flat = np.full(line.shape[1:], 50000.0)
+    counts = np.round(flat * np.exp(-line[:7])).astype(np.uint16)
+    path = tmp_path / "seven.txrm"
+    write_ole(path, txrm_streams(counts, **distances(40, 60)))
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "stored values (not line integrals)" in out and "(7, 12, 24)" in out
+    assert "angles     7 from 0° to 60°" in out and "ConeBeam" in out
+    assert "missing    the frames hold raw intensities (uint16" in out
+    assert "no reference image (ReferenceData/Image" in out and "--flat FILE" in out
+    assert main(["reconstruct", str(path), "--method", "fbp", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--flat FILE" in err and "--normalised" in err
+    assert not (tmp_path / "o").exists()
+
+    np.save(tmp_path / "flat.npy", flat.astype(np.float32))  # one frame (rows, cols)
+    scan = read_scan(path, flats=tmp_path / "flat.npy")
+    assert scan.n_flats == 1 and scan.geometry == g[:7]
+    np.testing.assert_allclose(scan.sinogram, line[:7], atol=1e-4)
+    with_reference = txrm_streams(
+        counts,
+        **{"ReferenceData/Image": flat.astype("<f4").tobytes()},
+        **{"ReferenceData/DataType": np.uint32(10).tobytes()},
+    )
+    write_ole(tmp_path / "other.txrm", with_reference)  # its reference serves as the flat
+    scan = read_scan(path, flats=tmp_path / "other.txrm", rows=(4, 8))
+    np.testing.assert_allclose(scan.sinogram, line[:7, 4:8], atol=1e-4)
+    assert main(["info", str(path), "--flat", str(tmp_path / "other.txrm")]) == 0
+    assert "1 flat fields, 0 dark frames" in capsys.readouterr().out
+
+    normalised = tmp_path / "normalised.txrm"  # divided by the flat, stored as uint16
+    stored = np.round(65535 * np.exp(-line[:7])).astype(np.uint16)
+    write_ole(normalised, txrm_streams(stored, **distances(40, 60)))
+    with pytest.raises(ValueError, match=r"--normalised, but the values reach 6.5\d+e\+04"):
+        read_scan(normalised, normalised=True)
+    scan = read_scan(normalised, normalised=True, scale=1 / 65535)
+    np.testing.assert_allclose(scan.sinogram, line[:7], atol=1e-3)
