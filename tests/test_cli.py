@@ -41,6 +41,25 @@ def test_demo_runs_the_pipeline_scores_it_and_refuses_to_overwrite(tmp_path, cap
     assert (out / "run.json").read_bytes() == before
 
 
+def test_the_library_call_is_what_the_demo_runs(tmp_path):
+    """du.reconstruct on the demo's scan with the demo's options gives its mean and std, and
+    Result.save writes the files the command writes."""
+    import dip_uq as du
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--size", "16", "--angles", "10", *FAST]) == 0
+    scan = du.simulate_scan("shepp-logan", dim=2, size=16, angles=10, noise=0.02, seed=0)
+    options = {"iterations": 40, "channels": 8, "samples": 4, "em_steps": 1, "cg_iterations": 10}
+    result = du.reconstruct(scan, **options)
+    with h5py.File(out / "reconstruction.h5") as f:
+        np.testing.assert_allclose(result.mean, f["mean"][()], rtol=1e-6, atol=0)
+        np.testing.assert_allclose(result.std, f["std"][()], rtol=1e-6, atol=0)
+    written = result.save(tmp_path / "python")
+    assert sorted(p.name for p in written) == sorted(p.name for p in out.iterdir())
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        result.save(tmp_path / "python")
+
+
 def test_a_limited_arcs_cross_validation_holds_out_its_ends_too(tmp_path, capsys):
     out = tmp_path / "demo"
     args = ["demo", "--out", str(out), "--size", "24", "--angles", "12", "--arc", "90"]
@@ -68,7 +87,7 @@ def test_simulate_writes_a_scan_that_reconstruct_scores_against_its_truth(tmp_pa
 
 
 def test_config_file_sets_defaults_and_the_command_line_wins(tmp_path):
-    from dip_uq.cli import _parse
+    from dip_uq.cli_parser import parse as _parse
 
     config = tmp_path / "run.json"
     config.write_text(json.dumps({"em-steps": 7, "samples": 3, "channels": 16}))
@@ -80,7 +99,8 @@ def test_config_file_sets_defaults_and_the_command_line_wins(tmp_path):
 
 
 def test_solver_and_em_options_reach_the_settings():
-    from dip_uq.cli import _parse, _settings
+    from dip_uq.cli import _settings
+    from dip_uq.cli_parser import parse as _parse
 
     default = _settings(_parse(["reconstruct", "scan.h5"]))
     assert (default.preconditioner_rank, default.per_block) == (None, False)
@@ -282,7 +302,8 @@ def test_a_warning_names_the_commands_option():
 
 
 def test_em_options_reach_the_settings():
-    from dip_uq.cli import _parse, _settings
+    from dip_uq.cli import _settings
+    from dip_uq.cli_parser import parse as _parse
 
     default = _settings(_parse(["reconstruct", "scan.h5"]))
     assert (default.em_steps, default.em_samples, default.fit_noise, default.fit_prior) == (
