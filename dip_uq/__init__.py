@@ -15,6 +15,7 @@ Modules keep their own names (``dip_uq.simulation``, ``dip_uq.pretraining``,
 """
 
 from . import baselines, io, metrics, phantoms, pipeline, plots
+from .diagnostics import NotConvergedWarning
 from .dip import DIP
 from .geometry import (
     ConeBeam,
@@ -44,6 +45,7 @@ __all__ = [
     "FanBeam",
     "Geometry",
     "LinearisedLaplace",
+    "NotConvergedWarning",
     "Operator",
     "ParallelBeam",
     "RayTransform",

@@ -104,7 +104,7 @@ def test_solver_and_em_options_reach_the_settings():
 
     default = _settings(_parse(["reconstruct", "scan.h5"]))
     assert (default.preconditioner_rank, default.per_block) == (None, False)
-    args = _parse(["reconstruct", "scan.h5", "--preconditioner-rank", "0", "--em-per-block"])
+    args = _parse(["reconstruct", "scan.h5", "--preconditioner-rank", "0", "--per-block"])
     assert (_settings(args).preconditioner_rank, _settings(args).per_block) == (0, True)
 
 
@@ -313,7 +313,7 @@ def test_em_options_reach_the_settings():
         False,
     )
     assert default.gprior
-    args = ["reconstruct", "scan.h5", "--no-fit-noise", "--em-prior", "--em-samples", "4"]
+    args = ["reconstruct", "scan.h5", "--no-fit-noise", "--fit-prior", "--em-samples", "4"]
     args += ["--prior-scale", "weights"]
     given = _settings(_parse([*args, "--no-gprior"]))
     assert (given.fit_noise, given.fit_prior, given.em_samples, given.gprior) == (

@@ -171,10 +171,10 @@ def test_defaults_suite_runs_the_command_defaults_and_each_case_its_width(monkey
     class Stop(Exception):
         pass
 
-    def fit_dip(A, y, settings, **kwargs):
+    def fit_dip(A, y, settings, *args, **kwargs):
         raise Stop(settings)
 
-    monkeypatch.setattr(evaluate.stages, "fit_dip", fit_dip)
+    monkeypatch.setattr(evaluate.pipeline.stages, "fit_dip", fit_dip)
     for channels, expected in ((8, 8), (None, Settings().channels)):
         case = Case("w", 2, 16, 8, 180, 0.05, seed=3, channels=channels)
         with pytest.raises(Stop) as stopped:
