@@ -74,7 +74,7 @@ def _settings(args: argparse.Namespace) -> Any:
     return Settings(**given)
 
 
-def _run_and_write(scan: Scan, volume: Volume, args: argparse.Namespace, title: str) -> None:
+def _run_and_write(scan: Scan, volume: Volume | None, args: argparse.Namespace, title: str) -> None:
     """Run :func:`dip_uq.reconstruct` on ``scan`` and write its outputs
     (:data:`dip_uq.outputs.OUTPUTS`) into ``args.out``.
 
@@ -105,6 +105,7 @@ def _run_and_write(scan: Scan, volume: Volume, args: argparse.Namespace, title: 
         resume=args.resume or not main,  # rank 0 alone judges the checkpoints
         progress=not args.quiet,
         group=group,
+        notify=lambda line: print(line, flush=True) if main else None,
     )
     if group is not None:
         group.close()
@@ -231,9 +232,8 @@ def reconstruct(args: argparse.Namespace) -> None:
         binning=args.bin,
         angle_step=args.angle_step,
     )
-    if args.size is None and args.voxel_size is None and scan.volume is not None:
-        volume = scan.volume
-    else:
+    volume = None  # the scan's own grid, or the one the pipeline chooses for the device
+    if args.size is not None or args.voxel_size is not None:
         volume = default_volume(scan, size=args.size, voxel_size=args.voxel_size)
         scan = scan.replace(truth=None)  # a truth on another grid cannot be compared
     _run_and_write(scan, volume, args, f"dip-uq reconstruct {Path(args.scan).name}")

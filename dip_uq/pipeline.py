@@ -21,6 +21,7 @@ same result as an uninterrupted run.
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import time
@@ -39,7 +40,7 @@ from .laplace.prior_scale import choose_prior_scale
 from .metrics import summary
 from .noise import estimate_noise_sigma
 from .outputs import Result
-from .scan import Scan, default_volume
+from .scan import Scan, grid_for_device
 from .settings import MEANS, METHODS, PRIOR_SCALES, UQ_METHODS, Settings
 from .stages import RunContext
 
@@ -64,6 +65,7 @@ __all__ = [
     "scores",
 ]
 
+logger = logging.getLogger("dip_uq")
 COVERAGE_LEVELS = (0.5, 0.9, 0.95)
 # names in work_dir that belong to an unfinished run
 CHECKPOINTS = ("dip-checkpoint.pt", "em-checkpoint.pt", "samples", stages.CROSS_VALIDATION)
@@ -137,6 +139,7 @@ def reconstruct(
     group: DistContext | None = None,
     hook: Hook | None = None,
     keep_samples: bool = False,
+    notify: Callable[[str], None] | None = None,
     **options: Any,
 ) -> Result:
     """Reconstruct a scan and quantify its uncertainty: what ``dip-uq reconstruct`` runs.
@@ -146,8 +149,8 @@ def reconstruct(
             truth), or a pair ``(A, y)``: a :class:`~dip_uq.RayTransform` and its sinogram
             ``A.range_shape`` (then ``A``'s grid and backend are used).
         settings: what to run; the defaults are those of ``dip-uq reconstruct``.
-        volume: the reconstruction grid; default ``scan.volume`` or
-            :func:`dip_uq.scan.default_volume`.
+        volume: the reconstruction grid; default ``A``'s grid, the scan's stored one, or the
+            one :func:`dip_uq.scan.grid_for_device` chooses for the scan and ``device``.
         backend: projector backend (``"auto"``, ``"torch"``, ``"astra"``).
         device: where to compute.
         work_dir: folder for the checkpoints (:data:`CHECKPOINTS`); None: no checkpoints.
@@ -163,6 +166,10 @@ def reconstruct(
             for a caller that draws its own samples there (:mod:`dip_uq.evaluate`); it must
             leave ``lap``'s hyperparameters as it found them.
         keep_samples: keep the std map's posterior deviations in :attr:`Result.samples`.
+        notify: takes the lines that say which grid the run chose and why (without a
+            ``volume``; :func:`dip_uq.scan.grid_for_device`) and, after the DIP's first
+            iterations, how long the run will take on this device; default: printed with
+            ``progress``, else logged. They are also in ``result.run_info["plan"]``.
         **options: :class:`~dip_uq.pipeline.Settings` fields (``iterations=``,
             ``samples=``, ``channels=``, ...), replacing those of ``settings``.
 
@@ -189,7 +196,17 @@ def reconstruct(
             f"method={settings.method!r}, uq={settings.uq!r} as one process (without torchrun)"
         )
     device = torch.device(device)
-    volume = volume or grid or scan.volume or default_volume(scan)
+    told: list[str] = []
+    tell = notify or (print if progress and (group is None or group.is_main) else logger.info)
+
+    def say(line: str) -> None:
+        told.append(line)
+        tell(line)
+
+    if volume is None and grid is None:
+        volume, why = grid_for_device(scan, device, dip=settings.method == "dip")
+        say(why)
+    volume = volume or grid
     # before the work folder is touched: a K beyond the scan's angles fails here
     data = holdout.split_scan(scan, volume, settings.holdout, backend=backend, device=device)
     work_dir = None if work_dir is None else Path(work_dir)
@@ -201,7 +218,7 @@ def reconstruct(
                 "pass resume=True to continue it, or remove them to start again"
             )
         work_dir.mkdir(parents=True, exist_ok=True)
-    ctx = RunContext(device, work_dir, progress and (group is None or group.is_main), group)
+    ctx = RunContext(device, work_dir, progress and (group is None or group.is_main), group, say)
     timings: dict[str, float] = {}
     with _stage(timings, "fbp_s"):
         fbp = data.A.fbp(data.y, filter=settings.fbp_filter)
@@ -220,6 +237,7 @@ def reconstruct(
             "projector_backend": data.A.backend,
             "threads": torch.get_num_threads(),
             "processes": 1 if group is None else group.world_size,
+            "plan": told,
         },
     )
     if settings.method == "dip" and settings.uq in ("mcdropout", "sgld"):
@@ -288,7 +306,9 @@ def _dip(
     )
     with beside(second_fit, enabled=alongside) as background:
         with _stage(timings, "dip_s"):
-            rec = stages.fit_dip(A, y, settings, ctx, checkpoint=ctx.file("dip-checkpoint.pt"))
+            rec = stages.fit_dip(
+                A, y, settings, ctx, checkpoint=ctx.file("dip-checkpoint.pt"), estimate=True
+            )
             mean = rec.predict()
         with _stage(timings, "cross_validation_s"):
             fitted = None if background is None else background.result()

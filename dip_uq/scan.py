@@ -19,7 +19,7 @@ import numpy as np
 
 from .geometry import Geometry, Volume
 
-__all__ = ["Scan", "default_volume", "field_of_view"]
+__all__ = ["CPU_GRID_SIDE", "Scan", "default_volume", "field_of_view", "grid_for_device"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,3 +264,45 @@ def default_volume(
             shape = (max(1, math.ceil(height / voxel - 1e-6)), side, side)
     center = 0.0 if z_range is None else (0.5 * (z_range[0] + z_range[1]), 0.0, 0.0)
     return Volume(shape, voxel_size=voxel, center=center)
+
+
+# the largest default grid side on a CPU, by dimension: a DIP step costs in proportion to the
+# voxels, and a finer default grid than these takes hours there (docs/performance.md)
+CPU_GRID_SIDE = {2: 128, 3: 32}
+
+
+def grid_for_device(scan: Scan, device: str | Any, dip: bool = True) -> tuple[Volume, str]:
+    """The default reconstruction grid of ``scan`` on ``device``, and one line that says what
+    was chosen and why.
+
+    The scan's stored :attr:`Scan.volume` if it has one; else :func:`default_volume` (the
+    detector's resolution at the axis), except for a ``dip`` on a CPU where that grid's side
+    exceeds :data:`CPU_GRID_SIDE`: there the grid keeps the field of view at that many voxels
+    per side (coarser voxels). Give a ``volume`` (``--size``, ``--voxel-size``) to choose
+    another.
+    """
+    if scan.volume is not None:
+        volume = scan.volume
+        return volume, f"grid: {_shape(volume)} voxels, stored with the scan"
+    full = default_volume(scan)
+    cap = CPU_GRID_SIDE[scan.geometry.ndim]
+    on_cpu = getattr(device, "type", str(device)).startswith("cpu")
+    if not (dip and on_cpu) or max(full.shape[-2:]) <= cap:
+        return full, (
+            f"grid: {_shape(full)} voxels of {_voxel(full)} {scan.units}, the detector's "
+            "resolution at the rotation axis"
+        )
+    coarse = default_volume(scan, size=cap)
+    return coarse, (
+        f"grid: {_shape(coarse)} voxels of {_voxel(coarse)} {scan.units}: the detector's "
+        f"resolution would make {_shape(full)}, where the DIP takes hours on a CPU (choose with "
+        "--size or --voxel-size; a GPU takes the full resolution)"
+    )
+
+
+def _shape(volume: Volume) -> str:
+    return "×".join(map(str, volume.shape))
+
+
+def _voxel(volume: Volume) -> str:
+    return f"{float(np.max(volume.voxel_size)):.3g}"

@@ -10,6 +10,7 @@ into the work folder and resume from it.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ __all__ = [
     "fit_em",
     "hyperparameters",
     "linearise",
+    "run_estimate",
     "saved_search",
     "share_fit",
 ]
@@ -55,6 +57,14 @@ CROSS_VALIDATION = "cross-validation"  # the folder of the cross-validated prior
 EM_CHECKPOINT = "dip_uq.pipeline EM checkpoint 1"
 SEARCH_CHECKPOINT = "dip_uq.pipeline prior-scale search 1"
 logger = logging.getLogger("dip_uq")
+# DIP iterations timed before a run says how long it will take
+PROBE_ITERATIONS = 20
+# seconds: a run estimated to take longer names the options that shorten it
+LONG_RUN_S = 1800.0
+# the uncertainty stage (noise fit, cross-validated prior scale, std map) in units of the DIP
+# stage before it, on the runs of docs/performance.md; far more on toy problems, whose fixed
+# costs dominate
+UNCERTAINTY_PER_DIP = (1.0, 4.0)
 
 
 @dataclass
@@ -67,12 +77,14 @@ class RunContext:
         progress: show progress bars (rank 0 only under ``torchrun``).
         group: the ``torchrun`` processes sharing the samples
             (:class:`dip_uq.distributed.DistContext`), or None for one process.
+        notify: takes the lines that say what a run chose and how long it will take.
     """
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     work_dir: Path | None = None
     progress: bool = False
     group: DistContext | None = None
+    notify: Callable[[str], None] = logger.info
 
     @property
     def is_main(self) -> bool:
@@ -122,12 +134,15 @@ def fit_dip(
     *,
     checkpoint: Path | None = None,
     check: Callable[[], None] | None = None,
+    estimate: bool = False,
 ) -> DIP:
     """Fit the deep image prior of a run to ``y`` (``A.range_shape``) and return it.
 
     ``checkpoint`` is the DIP's checkpoint file (resumed when present). With a process
     group rank 0 fits and the other ranks receive its fit (:func:`share_fit`). ``check`` is
-    called after every iteration (to abort the fit, it raises).
+    called after every iteration (to abort the fit, it raises). With ``estimate``, the run's
+    time is estimated from the first :data:`PROBE_ITERATIONS` iterations and told
+    (:func:`run_estimate`, through ``ctx.notify``).
     """
     ctx = ctx or RunContext()
     rec = DIP(
@@ -139,11 +154,78 @@ def fit_dip(
         network=build_network(A.volume.shape, settings),
         checkpoint=checkpoint if ctx.is_main else None,
     )
+    probe = _Probe(ctx, settings) if estimate and ctx.is_main else None
+
+    def callback(dip: DIP, iteration: int, _: dict[str, float]) -> None:
+        if check is not None:
+            check()
+        if probe is not None:
+            probe(dip, iteration)
+
     if ctx.is_main:
-        rec.fit(y, callback=None if check is None else lambda *_: check())
+        rec.fit(y, callback=callback if check or probe else None)
     if ctx.group is not None:
         share_fit(rec, ctx.group)
     return rec
+
+
+class _Probe:
+    """Times the first :data:`PROBE_ITERATIONS` iterations of a fit (from where it starts,
+    also when resumed) and then tells the run's estimate once."""
+
+    def __init__(self, ctx: RunContext, settings: Settings) -> None:
+        self.ctx, self.settings = ctx, settings
+        self.start: tuple[int, float] | None = None
+        self.done = False
+
+    def __call__(self, dip: DIP, iteration: int) -> None:
+        if self.done:
+            return
+        now = time.perf_counter()
+        if self.start is None:
+            self.start = (iteration, now)
+            return
+        first, then = self.start
+        if iteration - first >= PROBE_ITERATIONS or iteration + 1 >= dip.iterations:
+            self.done = True
+            per_iteration = (now - then) / max(iteration - first, 1)
+            uncertainty = self.settings.uq == "laplace"
+            self.ctx.notify(
+                run_estimate(per_iteration, dip.iterations, self.ctx.device.type, uncertainty)
+            )
+
+
+def run_estimate(
+    seconds_per_iteration: float, iterations: int, device: str, uncertainty: bool = True
+) -> str:
+    """One line: how long the DIP's remaining ``iterations`` take at ``seconds_per_iteration``
+    and, with the ``uncertainty`` stage after it, how long that usually takes
+    (:data:`UNCERTAINTY_PER_DIP` times the DIP); where the run may take longer than
+    :data:`LONG_RUN_S` it names the options that shorten it."""
+    dip = seconds_per_iteration * iterations
+    line = (
+        f"estimate: the DIP's {iterations} iterations take about {_duration(dip)} on this "
+        f"{device.upper()} ({seconds_per_iteration:.3g} s each)"
+    )
+    low, high = UNCERTAINTY_PER_DIP if uncertainty else (0.0, 0.0)
+    if uncertainty:
+        line += f"; the uncertainty stage after it usually {low:g}–{high:g} times that"
+    if dip * (1 + high) > LONG_RUN_S:
+        line += (
+            ". That is long: a coarser grid (--size), binned detector pixels (--bin), fewer "
+            "rows (--rows), a narrower network (--channels 16) or a CUDA GPU (--device cuda) "
+            "shorten it"
+        )
+    return line
+
+
+def _duration(seconds: float) -> str:
+    """``seconds`` as a person says it: 40 s, 12 min, 3.5 h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def share_fit(rec: DIP, group: DistContext, src: int = 0) -> None:

@@ -293,3 +293,20 @@ def test_a_saved_prior_scale_search_is_reused_only_for_the_same_settings_and_noi
             stages.RunContext(cpu, tmp_path),
             noise_variance=1e-4,
         )
+
+
+def test_a_run_says_its_grid_and_how_long_it_will_take():
+    """Without a grid the run says which it chose; after the DIP's first iterations, how long
+    the run will take (also in run_info). A long estimate names the options that shorten it."""
+    scan = simulate_scan(size=16, angles=12, noise=0.02)
+    scan = scan.replace(volume=None, truth=None)
+    told = []
+    result = pipeline.reconstruct(scan, Settings(**FAST, em_steps=0), notify=told.append)
+    grid, estimate = told
+    assert grid.startswith("grid: ") and "detector's resolution" in grid
+    assert estimate.startswith(f"estimate: the DIP's {FAST['iterations']} iterations take")
+    assert "uncertainty stage" in estimate and "--size" not in estimate
+    assert result.run_info["plan"] == told
+    long = stages.run_estimate(0.2, 5000, "cpu")  # 17 min of DIP, up to 4 times that after it
+    assert "17 min" in long and all(flag in long for flag in ("--size", "--bin", "--device cuda"))
+    assert "--size" not in stages.run_estimate(0.2, 5000, "cpu", uncertainty=False)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dip_uq.geometry import ConeBeam, FanBeam, ParallelBeam, Volume
-from dip_uq.scan import Scan, default_volume
+from dip_uq.scan import CPU_GRID_SIDE, Scan, default_volume, grid_for_device
 
 
 def test_scan_checks_its_arrays():
@@ -78,3 +78,22 @@ def test_default_volume_returns_the_stored_grid():
     assert default_volume(scan, size=10) == default_volume(g, size=10)
     with pytest.raises(ValueError, match="size must be a positive number"):
         default_volume(g, size=0)
+
+
+def test_a_large_scan_gets_a_coarser_default_grid_on_a_cpu_and_says_why():
+    """A 300-pixel detector would make a 300² grid; a DIP on a CPU gets CPU_GRID_SIDE voxels
+    over the same field of view, a GPU or an FBP the detector's resolution."""
+    geometry = ParallelBeam(np.linspace(0, np.pi, 20, endpoint=False), (300,))
+    scan = Scan(np.zeros(geometry.sino_shape, np.float32), geometry)
+    full = default_volume(scan)
+    assert full.shape == (300, 300)
+    volume, why = grid_for_device(scan, "cpu")
+    side = CPU_GRID_SIDE[2]
+    assert volume.shape == (side, side)
+    assert np.allclose(volume.extent, full.extent)  # the same field of view, coarser voxels
+    assert f"{side}×{side}" in why and "300×300" in why and "--size" in why
+    assert grid_for_device(scan, "cuda")[0] == full  # no CUDA needed to plan for one
+    assert grid_for_device(scan, "cpu", dip=False)[0] == full
+    small = Scan(np.zeros((20, 64), np.float32), ParallelBeam(geometry.angles, (64,)))
+    volume, why = grid_for_device(small, "cpu")
+    assert volume == default_volume(small) and "detector's resolution" in why
