@@ -318,12 +318,24 @@ def _dip(
         return
     # after the fits, on all threads: batched Jacobian products do use a second thread
     with _stage(timings, "uncertainty_s"):
+        ctx.notify(
+            f"uncertainty: the linearised network's posterior; EM fits the noise level in "
+            f"{settings.em_steps} step{'s' * (settings.em_steps > 1)} of "
+            f"{settings.samples_per_step} samples"
+            if settings.em_steps
+            else "uncertainty: the linearised network's posterior"
+        )
         lap = stages.linearise(rec, y, settings, group=ctx.group)
         if hook is not None:
             hook(LINEARISED, lap, mean)
         stages.fit_em(lap, settings, ctx, fingerprint=stages.checkpoint_fingerprint(settings, y))
     search = {}
     if cross_validated:  # a factor found by a second fit
+        ctx.notify(
+            "prior scale: 4-6 candidate factors of "
+            f"{settings.samples_per_step} samples each, scored on the projections a second "
+            "DIP fit left out"
+        )
         with _stage(timings, "cross_validation_s"):
             search = stages.cross_validate_prior_scale(
                 A, y, settings, ctx, noise_variance=lap.noise_variance, fitted=fitted
@@ -341,6 +353,7 @@ def _dip(
             )
         if hook is not None:
             hook(FITTED, lap, mean)
+        ctx.notify(f"std map: {settings.samples} posterior samples")
         moments = lap.moments(
             settings.samples,
             batch=settings.batch,

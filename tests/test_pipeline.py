@@ -302,7 +302,8 @@ def test_a_run_says_its_grid_and_how_long_it_will_take():
     scan = scan.replace(volume=None, truth=None)
     told = []
     result = pipeline.reconstruct(scan, Settings(**FAST, em_steps=0), notify=told.append)
-    grid, estimate = told
+    grid, estimate, *stages_told = told
+    assert stages_told[-1] == f"std map: {FAST['samples']} posterior samples"
     assert grid.startswith("grid: ") and "detector's resolution" in grid
     assert estimate.startswith(f"estimate: the DIP's {FAST['iterations']} iterations take")
     assert "uncertainty stage" in estimate and "--size" not in estimate
