@@ -138,13 +138,10 @@ def _add_device_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-# The demo's defaults: small enough that FBP → DIP → std map runs in minutes on a 2-core
-# CPU (timings in CHANGELOG/README), sparse-view and noisy enough that the std map has work.
-# 2D: 1500 iterations left the DIP short of the data (residual 2.6 σ², 24.9 dB; 2500: 1.2 σ²,
-# 28.7 dB; 3800, the default at 2 %: 0.66 σ², 32.2 dB), and the std, which describes the
-# fitted network, covered 71 % of its 90 % interval (2500: 81 %, 3800: 95 %).
-# 3D: the default iterations for the noise level (3800 at 2 %): 1500 left the DIP at 24.6 dB
-# and its std covered 70 % (3800: 31.9 dB, 93 %), the time it saves is not worth that.
+# The demo's defaults: small enough that FBP → DIP → std map runs in minutes on a CPU,
+# sparse-view and noisy enough that the std map has work. Fewer DIP iterations than these
+# leave the DIP short of the data and its std, which describes the fitted network, too
+# narrow (docs/measurements.md, "cli").
 DEMO_DEFAULTS = {
     2: {"size": 64, "geometry": "parallel", "angles": 30, "iterations": 2500, "channels": 32},
     3: {"size": 24, "geometry": "cone", "angles": 24, "channels": 16},
@@ -425,8 +422,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         description="Run a seeded suite of simulated scans (2D and 3D, sparse-view and "
         "limited-angle, 1 % and 5 % noise) through FBP, DIP with the linearised Laplace "
         "(before and after EM), MC dropout and SGLD; write results.csv, results.md and a "
-        "calibration plot per case to --out. 'small' takes about 15 minutes on 2 CPU cores, "
-        "'full' is for a GPU.",
+        "calibration plot per case to --out. 'small' is for a CPU, "
+        "'full' for a GPU.",
     )
     p.add_argument("--suite", choices=list(SUITES), default="small", help="(default: %(default)s)")
     p.add_argument(

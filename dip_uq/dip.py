@@ -29,15 +29,11 @@ Defaults (used where the argument is ``None``; every value used is stored on the
 * Optimiser: Adam with ``β = (0.9, 0.99)`` and learning rate ``1e-3`` (:data:`DEFAULT_LR`),
   from scratch and after :func:`dip_uq.pretraining.pretrain` alike. This deviates from the
   literature's ``1e-4`` (for fine-tuning a network pretrained on tens of thousands of
-  images) because it was measured to be too slow here. 2D regression scan (64² Shepp-Logan,
-  30 angles, 2 % noise, U-Net 16-32-32-32), PSNR after 1000 iterations from scratch: lr 1e-4
-  21.7 dB, 1e-3 23.5 dB, 3e-3 22.8 dB (1e-2 was unstable). After pretraining (512 images,
-  8 epochs, U-Net 32 channels, 64² with a 96-pixel detector): lr 1e-4 reached 22.4 / 24.4
-  dB after 1000 / 3000 iterations, 3e-4 23.5 / 25.4 (1000 / 2000), 1e-3 25.2 / 29.1
-  (1000 / 2000).
-  β2 = 0.999 instead of 0.99 gave 21.8 dB at lr 1e-3: the huge gradients of the first
-  iterations dominate Adam's second-moment average for ~1000 steps with β2 = 0.999 and
-  shrink every later step.
+  images), which reached a lower PSNR in the same iterations here, from scratch and after
+  pretraining alike; ``3e-3`` was worse again, ``1e-2`` unstable. ``β2 = 0.99`` rather than
+  ``0.999``: with the latter the huge gradients of the first iterations dominate Adam's
+  second-moment average for about a thousand steps and shrink every later step
+  (docs/measurements.md has the PSNRs).
 * Gradient clipping: the gradient norm is capped at ``clip_grad`` (5) times its running
   average, so a rare spike cannot throw the weights far; ordinary steps are untouched.
 

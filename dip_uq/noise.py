@@ -206,17 +206,14 @@ def estimate_noise_sigma(y: torch.Tensor, geometry: Geometry | None = None) -> f
     that applies is returned:
 
     * parallel beam (2D, or 3D with rays perpendicular to ``z``): the consistency of the
-      projection moments across angles (:func:`_parallel_moment_sigma`). Measured on
-      Shepp-Logan and random-ellipse scans (64²-128², 30-90 angles over 180° or 90°) it is
-      within 5 % of the true ``σ`` from 1 % noise up (within 25 % at 0.5 %);
+      projection moments across angles (:func:`_parallel_moment_sigma`), close to the
+      true ``σ`` on simulated scans from 1 % noise up, less so below;
     * any geometry: the median absolute deviation of second differences along the detector
       columns, ``median(|y[j+1] - 2 y[j] + y[j-1]|) / (0.6745 √6)``. Sharp edges in the
-      projections leak into it: on the same scans it is 1.1-1.6x the true ``σ`` at 5 % noise
-      and 2-5x at 1 %; on fan and cone scans (voxel-sized detector pixels) 1.6-2.4x from 1 to
-      5 % and 3.6x at 1 % (48² fan);
+      projections leak into it, the more the less noise there is: an upper bound;
     * other geometries (fan, cone, tilted axes): the same statistic over the detector pixels
-      that see air (:func:`_air_sigma`). On nine simulated fan and cone scans (16³-32³,
-      48², 1-5 % noise) it was 0.99-1.07x the true ``σ``. With transmission data the noise
+      that see air (:func:`_air_sigma`), close to the true ``σ`` on simulated fan and
+      cone scans. With transmission data the noise
       of ``-log(I/I₀)`` grows with the attenuation, so on a real scan it reads the smallest
       noise level, that of air; where it cannot find air (HTC 2022's fan-beam scan, whose air
       sits off 0) the second estimate is used. Give ``noise_sigma`` when the noise is known.
@@ -284,13 +281,11 @@ def default_tv_weight(noise_sigma: float, gain: float, n_measurements: int) -> f
     ``γ = 2λ/m``. The rule is independent of the units (``x → αx`` scales ``σ`` and ``γ`` by
     ``α``).
 
-    Calibration of ``κ``: the best γ of the converged TV reconstruction
-    (:func:`dip_uq.tv.tv_reconstruct`) on 64² Shepp-Logan and random-ellipse scans with 30-60
-    angles over 180° or 90° and 1-5 % noise corresponds to κ between 0.23 and 1.5, geometric
-    mean 0.5; a quadratic-in-σ rule (Gaussian likelihood with a Laplace prior, the MAP
-    balance) needed κ to change 10× across the same scans. DIP after 1000 iterations (64²
-    Shepp-Logan, 30 angles, 2 %) changed by < 0.5 dB for γ between 1/3 and 3 times the rule's
-    value and lost 1.4 dB at 6 times.
+    ``κ`` is the geometric mean of the best values of the converged TV reconstruction
+    (:func:`dip_uq.tv.tv_reconstruct`) on simulated scans; a rule quadratic in σ (the MAP
+    balance of a Gaussian likelihood and a Laplace prior) needed κ to change tenfold across
+    the same scans. The DIP is insensitive to γ within a factor of a few around the rule
+    (docs/measurements.md).
     """
     return TV_KAPPA * noise_sigma * gain / n_measurements
 
@@ -304,14 +299,10 @@ def default_iterations(relative_noise_level: float, pretrained: bool = False) ->
     times :data:`PRETRAINED_ITERATION_FACTOR`. Reasoning: the budget should let the data fit
     reach the noise floor (``‖A x - y‖²/m ≈ σ²``, the discrepancy principle) and then leave as
     many iterations again for the TV term to clean up. The less noise, the more detail must
-    be fitted and the longer that takes: measured from scratch (64² Shepp-Logan, lr 1e-3,
-    default γ), the data fit reached ``σ²`` after about 1000, 2100 and 3000 iterations at 5 %,
-    2 % and 1 % noise (≈ ``1000 · (0.05/ν)^0.7``), and the PSNR levelled off near 2500
-    iterations at 5 % and was still rising at 3000 at 1-2 %. The number of angles did not
-    change the iterations to reach ``σ²`` (30 and 60 angles at 2 %: 2100 both), so it enters
-    only through ``ν``. After pretraining (512 images, 8 epochs, lr 1e-3) the DIP reached the
-    PSNR of 2950 scratch iterations after about 2000 (29 dB on the 64² scan of
-    ``scripts/bench_dip.py pretrain``), hence the factor 0.7.
+    be fitted and the longer that takes: the iterations to reach ``σ²`` grow as
+    ``(0.05/ν)^0.7`` and do not depend on the number of angles, so it enters only through
+    ``ν``; a pretrained network reaches the same PSNR in about 0.7 times the iterations
+    (docs/measurements.md and docs/dip-stopping.md have the runs).
     """
     if not (relative_noise_level > 0 and math.isfinite(relative_noise_level)):
         return 20000 if relative_noise_level == 0 else 500
