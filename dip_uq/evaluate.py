@@ -283,29 +283,22 @@ def _laplace_outputs(
             lap.prior.variances = start  # EM starts where it would without the search
         drawing = time.perf_counter() - since
 
-    result = pipeline.reconstruct(
-        scan,
-        settings,
-        volume=scan.volume,
-        backend=backend,
-        device=device,
-        progress=progress,
-        hook=before_em,
-        keep_samples=True,
-    )
-    mean = torch.as_tensor(result.mean, device=device)
-    outputs["laplace-em"] = _Output(
-        mean,
-        torch.as_tensor(result.std, device=device),
-        result.samples,
-        time.perf_counter() - started - drawing,
-    )
+    result, seconds = _run(scan, settings, device, backend, progress, hook=before_em)
+    outputs["laplace-em"] = replace(_output(result, device, seconds), seconds=seconds - drawing)
     noise["laplace-em"] = result.hyperparameters["noise_variance"]
     return outputs, noise
 
 
-def _baseline(scan: Scan, settings: Settings, device: torch.device, backend: str, progress: bool):
-    """MC dropout or SGLD (``settings.uq``) through :func:`dip_uq.reconstruct`."""
+def _run(
+    scan: Scan,
+    settings: Settings,
+    device: torch.device,
+    backend: str,
+    progress: bool,
+    hook: pipeline.Hook | None = None,
+) -> tuple[pipeline.Result, float]:
+    """:func:`dip_uq.reconstruct` of a case on its own grid, keeping the std map's samples;
+    the result and its wall time in seconds."""
     started = time.perf_counter()
     result = pipeline.reconstruct(
         scan,
@@ -314,14 +307,16 @@ def _baseline(scan: Scan, settings: Settings, device: torch.device, backend: str
         backend=backend,
         device=device,
         progress=progress,
+        hook=hook,
         keep_samples=True,
     )
-    return _Output(
-        torch.as_tensor(result.mean, device=device),
-        torch.as_tensor(result.std, device=device),
-        result.samples,
-        time.perf_counter() - started,
-    )
+    return result, time.perf_counter() - started
+
+
+def _output(result: pipeline.Result, device: torch.device, seconds: float) -> _Output:
+    """What the scores need of a run's result."""
+    mean, std = (torch.as_tensor(a, device=device) for a in (result.mean, result.std))
+    return _Output(mean, std, result.samples, seconds)
 
 
 def evaluate_case(
@@ -371,8 +366,8 @@ def evaluate_case(
         extra.update({name: {"noise_variance": value} for name, value in noise.items()})
     for name, uq in (("mc-dropout", "mcdropout"), ("sgld", "sgld")):
         if name in methods:
-            baseline = replace(settings, uq=uq)
-            outputs[name] = _baseline(scan, baseline, device, backend, progress)
+            result, seconds = _run(scan, replace(settings, uq=uq), device, backend, progress)
+            outputs[name] = _output(result, device, seconds)
             # the baselines have no noise model: the predictive uses the DIP's estimate
             extra[name] = {"noise_variance": estimate_noise_sigma(y, A.geometry) ** 2}
     rows = []
