@@ -196,8 +196,9 @@ def reconstruct(
             f"method={settings.method!r}, uq={settings.uq!r} as one process (without torchrun)"
         )
     device = torch.device(device)
+    main = group is None or group.is_main  # rank 0, or the only process: shows progress
     told: list[str] = []
-    tell = notify or (print if progress and (group is None or group.is_main) else logger.info)
+    tell = notify or (print if progress and main else logger.info)
 
     def say(line: str) -> None:
         told.append(line)
@@ -218,7 +219,7 @@ def reconstruct(
                 "pass resume=True to continue it, or remove them to start again"
             )
         work_dir.mkdir(parents=True, exist_ok=True)
-    ctx = RunContext(device, work_dir, progress and (group is None or group.is_main), group, say)
+    ctx = RunContext(device, work_dir, progress and main, group, say)
     timings: dict[str, float] = {}
     with _stage(timings, "fbp_s"):
         fbp = data.A.fbp(data.y, filter=settings.fbp_filter)
