@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .evaluate import HOLDOUT_METHOD, SUITE_METHODS, SUITES
-from .laplace.preconditioner import DEFAULT_RANKS
+from .laplace.preconditioner import MAX_RANK
 from .settings import CROSS_VALIDATION_EVERY, MEANS, METHODS, PRIOR_SCALES, UQ_METHODS, Settings
 from .simulation import PHANTOMS, SCAN_GEOMETRIES
 from .version import __version__
@@ -252,8 +252,8 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser, demo: bool) -> None:
         "--preconditioner-rank",
         type=int,
         default=Settings.preconditioner_rank,
-        help="rank of the Nyström preconditioner of the CG solves; 0 for plain CG "
-        "(default: {} to {}, growing with the number of measurements)".format(*DEFAULT_RANKS),
+        help="rank of the Nyström preconditioner of the CG solves; 0 for plain CG (default: "
+        f"grown from 100 to at most {MAX_RANK} while it saves more CG work than it costs)",
     )
     advanced.add_argument(
         "--per-block",

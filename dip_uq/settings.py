@@ -38,7 +38,8 @@ class Settings:
         cg_iterations: the most conjugate-gradient iterations per sampling solve (each
             stops at a relative residual of 1e-3).
         preconditioner_rank: rank of the Nyström preconditioner of those solves (0: none;
-            ``None``: :func:`dip_uq.laplace.preconditioner.default_rank`).
+            ``None``: grown as the run needs it,
+            :meth:`dip_uq.laplace.preconditioner.NystromSketch.choose_rank`).
         batch: samples solved together; ``None``: all at once. The samples do not depend
             on it (nor on the number of processes).
         per_block: let EM fit every block's prior variance on its own instead of one

@@ -11,9 +11,10 @@ demo's 24 angles, 2 % noise, its 16-channel U-Net, all of PyTorch's threads):
   (:func:`dip_uq.noise.default_iterations`);
 * the linearised Laplace: wall seconds per row of a Jacobian product pair ``M Mᵀ a``
   (blocks of ``SolverConfig.product_rows``, as the CG solves and the preconditioner's
-  sketch apply it), times the rows that a run pushes through it: two Nyström builds of
-  ``2 r`` rows each (``r`` = :func:`~dip_uq.laplace.preconditioner.default_rank` of the
-  measurements) and the CG iterations × rows of every solve. The solves' iterations are
+  sketch apply it), times the rows that a run pushes through it: two Nyström sketches of
+  ``2 r`` rows each (``r`` = :func:`~dip_uq.laplace.preconditioner.rank_cap` of the
+  measurements, the most an adaptive sketch grows to: an upper bound for them) and the CG
+  iterations × rows of every solve. The solves' iterations are
   those ``dip-uq demo --dim 3`` took at 24³ (``--solves``; measured on 2026-12-03, 2 cores:
   EM 236 × 8 rows, its mode 174 × 1 row, counted as half an 8-row block per iteration as
   measured, the search's four candidates 59, 166, 300 and 277 × 8, the std map 276 × 16).
@@ -40,7 +41,7 @@ import torch
 from dip_uq.background import beside
 from dip_uq.dip import DIP
 from dip_uq.laplace import LinearisedLaplace
-from dip_uq.laplace.preconditioner import default_rank
+from dip_uq.laplace.preconditioner import rank_cap
 from dip_uq.networks import UNet
 from dip_uq.noise import default_iterations
 from dip_uq.projector import RayTransform
@@ -86,7 +87,7 @@ def measure(size: int, steps: int, repeat: int = 3) -> dict[str, float]:
         gram(a)
         seconds.append(time.perf_counter() - start)
     block = statistics.median(seconds)
-    rank = default_rank(y.numel())
+    rank = rank_cap(y.numel())
     return {
         "step": step,
         "pair": pair,

@@ -36,7 +36,7 @@ supports: even with exact dense solves, per-block steps drove some blocks' varia
 by orders of magnitude and left the std overconfident, while the shared scale settled within
 a few steps, with better coverage and test log-likelihood (docs/measurements.md).
 
-**The noise variance stays fixed** by default (``fit_noise=False``). Its update needs the
+**The noise variance** is fitted by default (``fit_noise=True``). Its update needs the
 linear model's exact mode: with the plain-sketch preconditioner of earlier versions and a
 truncated CG, the residual ``||r - M û||²`` was far too large and ``σ_y²`` swung by orders
 of magnitude between steps. With the Nyström preconditioner it is stable, within a small

@@ -50,7 +50,7 @@ from . import em
 from .gprior import gprior_scale
 from .linearised import LinearisedNetwork
 from .moments import Moments, accumulate, batches
-from .preconditioner import NystromPreconditioner, default_rank
+from .preconditioner import ROWS_PER_SKETCH, NystromPreconditioner, NystromSketch
 from .priors import MaternPrior
 from .solvers import Method, SolverConfig, fixed_rows, solve
 
@@ -167,8 +167,9 @@ class LinearisedLaplace:
         self._mode_state: torch.Tensor | None = None  # CG warm start of the mode
         self.last_mode_solve: dict | None = None  # the solver's info of the last mode()
         self.em_warm_starts: dict[tuple[int, int], torch.Tensor] = {}  # by sample rows
-        # (rank, prior variances relative to the first block's, preconditioner) of the last build
-        self._preconditioner_built: tuple[int, dict, NystromPreconditioner] | None = None
+        # (rank setting, prior variances relative to the first block's, sketch of M Mᵀ at them)
+        self._sketch: tuple[int | None, dict[str, float], NystromSketch] | None = None
+        self._restored_rank = 0  # the rank of the sketch of a loaded state_dict
 
     @staticmethod
     def _parts_of(rec: DIP) -> tuple:
@@ -203,42 +204,70 @@ class LinearisedLaplace:
 
     def preconditioner(self) -> NystromPreconditioner | None:
         """The Nyström preconditioner of the CG solves for the current hyperparameters, or
-        ``None`` when ``SolverConfig.preconditioner_rank`` is 0 (``None``: the default for the
-        number of measurements, :func:`~dip_uq.laplace.preconditioner.default_rank`).
+        ``None`` when ``SolverConfig.preconditioner_rank`` is 0.
 
-        Building it costs ``2 · rank`` products with ``M Mᵀ``; it is rebuilt only
-        when the blocks' prior variances change relative to each other. ``M Mᵀ`` is
-        ``Σ_b σ_b² A J_b K_b J_bᵀ Aᵀ``, so one factor on every ``σ_b²`` (the default EM)
-        scales its eigenvalues by that factor, and ``σ_y²`` is the shift alone: both are
-        applied to the stored eigenpairs exactly, for free.
+        Its rank is ``SolverConfig.preconditioner_rank``, or, for ``None`` (the default),
+        every column sketched so far and more while another block saves more CG products than
+        it costs at the current hyperparameters
+        (:meth:`~dip_uq.laplace.preconditioner.NystromSketch.choose_rank`). ``M Mᵀ`` is
+        ``Σ_b σ_b² A J_b K_b J_bᵀ Aᵀ``: the sketch is made at the blocks' variances relative
+        to the first block's, so one factor on every ``σ_b²`` (EM's default, every candidate
+        of the prior-scale search) scales its eigenvalues and ``σ_y²`` shifts them, exactly
+        and without products; it is made anew only when the blocks' variances change relative
+        to each other.
         """
         rank = self.solver.preconditioner_rank
-        if rank is None:
-            rank = default_rank(self.y.numel())
         if rank == 0:
             return None
-        # built for the variances relative to the first block's, so that the same relative
-        # variances give the same preconditioner whatever the history (a resumed EM too)
+        # relative to the first block's, so that the same relative variances give the same
+        # sketch whatever the history (a resumed EM too)
         variances = self.prior.variances
         scale = variances[self.prior.blocks[0]]
         relative = {b: v / scale for b, v in variances.items()}
-        built = self._preconditioner_built
+        sketched = self._sketch
         if not (
-            built is not None
-            and built[0] == rank
-            and all(math.isclose(relative[b], built[1][b], rel_tol=1e-9) for b in relative)
+            sketched is not None
+            and sketched[0] == rank
+            and all(math.isclose(relative[b], sketched[1][b], rel_tol=1e-9) for b in relative)
         ):
-            logger.info("building the rank-%d Nyström preconditioner", min(rank, self.y.numel()))
-            self.prior.variances = relative
+            gram = self._gram_at(relative)
+            sketch = NystromSketch(gram, self.y.numel(), like=self.y, seed=self.seed)
+            sketched = self._sketch = (rank, relative, sketch)
+        sketch = sketched[2]
+        if self._restored_rank:  # the sketch of the run that wrote the state
+            sketch.grow(self._restored_rank)
+            self._restored_rank = 0
+        before = sketch.rank
+        if rank is None:
+            rank = sketch.choose_rank(
+                scale,
+                self.noise_variance,
+                rows=ROWS_PER_SKETCH,
+                iterations=self.solver.iterations,
+            )
+        pre = sketch.preconditioner(scale, self.noise_variance, rank)
+        if sketch.rank > before:
+            logger.info(
+                "Nyström preconditioner: sketched to rank %d (%d products), uses rank %d",
+                sketch.rank,
+                (1 + sketch.power) * sketch.rank,
+                pre.rank,
+            )
+        return pre
+
+    def _gram_at(self, variances: dict[str, float]) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``M Mᵀ`` (:meth:`_gram`) at the prior variances ``variances``, whatever the
+        current ones are."""
+
+        def gram(a: torch.Tensor) -> torch.Tensor:
+            current = self.prior.variances
+            self.prior.variances = variances
             try:
-                pre = NystromPreconditioner.build(
-                    self._gram, self.y.numel(), rank, 1.0, like=self.y, seed=self.seed
-                )
+                return self._gram(a)
             finally:
-                self.prior.variances = variances
-            built = self._preconditioner_built = (rank, relative, pre)
-        pre = built[2]
-        return NystromPreconditioner(pre.basis, pre.eigenvalues * scale, self.noise_variance)
+                self.prior.variances = current
+
+        return gram
 
     def _fixed_rows(self, row_map: Callable[[torch.Tensor], torch.Tensor]) -> Callable:
         """``row_map`` applied to ``SolverConfig.product_rows`` rows at a time: every product
@@ -499,14 +528,16 @@ class LinearisedLaplace:
         )
 
     def state_dict(self) -> dict[str, Any]:
-        """The hyperparameters, their :attr:`history` and the warm starts of the mode and of
-        EM's samples: what :meth:`load_state_dict` needs to continue EM where it stopped."""
+        """The hyperparameters, their :attr:`history`, the warm starts of the mode and of
+        EM's samples and the rank the preconditioner's sketch grew to: what
+        :meth:`load_state_dict` needs to continue EM where it stopped."""
         return {
             "noise_variance": self.noise_variance,
             "prior_variances": dict(self.prior.variances),
             "history": {k: list(v) for k, v in self.history.items()},
             "mode_state": None if self._mode_state is None else self._mode_state.cpu(),
             "em_warm_starts": [(*rows, a.cpu()) for rows, a in self.em_warm_starts.items()],
+            "sketch_rank": 0 if self._sketch is None else self._sketch[2].rank,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -523,6 +554,7 @@ class LinearisedLaplace:
         self._mode_state = None if mode is None else mode.to(self.y.device)
         warm = state.get("em_warm_starts", [])  # absent from older checkpoints
         self.em_warm_starts = {(i, j): a.to(self.y.device) for i, j, a in warm}
+        self._sketch, self._restored_rank = None, int(state.get("sketch_rank", 0))
 
     # -- dense references (tiny problems only) -----------------------------------------------
     def _dense_m(self) -> torch.Tensor:

@@ -13,9 +13,20 @@ Nyström preconditioning", SIAM J. Matrix Anal. Appl. 44, 2023) gives the precon
 which maps the top ``r`` eigenvalues of the system onto about ``λ_r + μ`` and leaves the
 rest alone: the condition number falls from ``(λ_1 + μ)/μ`` to about ``(λ_r + μ)/μ`` (to at
 most ``1e-9 (λ_1 + μ)/μ``, the floor of :meth:`NystromPreconditioner.__call__`).
-Building it costs ``2 r`` products with ``M Mᵀ`` (one subspace iteration, then the sketch;
-done in batches) and is shared by all the samples, and by the mode, of one set of
-hyperparameters.
+
+**The rank grows with the run's needs** (:meth:`NystromSketch.choose_rank`): the sketch
+grows in blocks (:data:`INITIAL_RANK`, then doubling) while the next block is expected to
+save more products in CG than it costs. Preconditioned CG needs about ``c √κ_r``
+iterations, ``κ_r = (λ_r + μ)/μ`` (:data:`ITERATIONS_PER_ROOT_CONDITION`), for each of the
+:data:`ROWS_PER_SKETCH` rows a run solves at one set of hyperparameters; doubling the rank
+costs ``(1 + power) r`` products and shrinks ``λ_r`` by the factor the last doubling did.
+How many eigenvalues lie above ``μ`` varies by orders of magnitude between scans and prior
+scales (a well-fitted 64² DIP of 30 angles has hundreds, a 30° arc of a real scan at 128²
+far fewer), so a fixed rank was either far too large, its build the slowest part of a run,
+or too small, CG then stopping at its iteration cap. Each block depends on the seed and its
+index only and the first ``r`` columns of a sketch are those a sketch of rank ``r`` is made
+of, so a sketch is the same whatever order it grew in, and a resumed run that restores the
+rank (:meth:`dip_uq.LinearisedLaplace.state_dict`) solves with the same preconditioners.
 """
 
 from __future__ import annotations
@@ -27,25 +38,217 @@ from typing import ClassVar
 
 import torch
 
-__all__ = ["DEFAULT_RANKS", "NystromPreconditioner", "default_rank"]
+__all__ = [
+    "INITIAL_RANK",
+    "ITERATIONS_PER_ROOT_CONDITION",
+    "MAX_RANK",
+    "ROWS_PER_SKETCH",
+    "NystromPreconditioner",
+    "NystromSketch",
+    "rank_cap",
+]
 
-BASIS_BYTES = 2**30  # the most memory the default rank gives the float64 basis U
-DEFAULT_RANKS = (400, 1200)  # the range of default_rank (below the memory bound)
+BASIS_BYTES = 2**31  # the most memory a sketch and its float64 basis U may take
+INITIAL_RANK = 100  # the first block of an adaptive sketch; every later one doubles the rank
+MAX_RANK = 1600  # the largest rank an adaptive sketch grows to (below the memory bound)
+# CG iterations to a relative residual of 1e-3 per √κ of the preconditioned system (the CG
+# bound 0.5 ln(2/1e-3) is 3.8; docs/measurements.md has the fit on a DIP)
+ITERATIONS_PER_ROOT_CONDITION = 4.3
+# the rows a run solves at one set of hyperparameters: EM's 2 x 8 samples, the std map's 16
+# (the prior-scale search's 8 per candidate, but its scales pass each other's sketch on)
+ROWS_PER_SKETCH = 16
+NU_TRIES = 6  # tenfold rises of the Cholesky shift ν before a sketch is given up
+# λ_r / λ_2r where only one block is sketched: a spectrum falling as 1 / i²
+FIRST_DECAY = 4.0
 
 
-def default_rank(size: int) -> int:
-    """The default rank for ``size`` measurements: ``m / 8`` within :data:`DEFAULT_RANKS`, and at
-    most what keeps ``U`` (float64) within :data:`BASIS_BYTES`.
+def rank_cap(size: int) -> int:
+    """The largest rank for ``size`` measurements: :data:`MAX_RANK`, at most ``size`` and at
+    most what keeps the sketch (float32 ``Q`` and ``Y``) and the float64 basis ``U`` within
+    :data:`BASIS_BYTES`."""
+    return max(1, min(MAX_RANK, size, BASIS_BYTES // (16 * size)))
 
-    The rank trades its build (``2 r`` products) against the CG iterations of every batch of
-    samples (a run solves about ten: EM, the std map, the prior-scale search): a larger rank
-    cut the iterations and time of every batch by more than its longer build costs, and too
-    small a rank left the solves of a 3D DIP unconverged at the iteration cap
-    (docs/measurements.md has the measurements). The rank grows with the number of
-    eigenvalues far above ``μ``, which grows with ``m``.
+
+def _blocks(rank: int) -> list[int]:
+    """The block widths of a sketch of ``rank`` columns: ``INITIAL_RANK``, then doubling the
+    rank (100, 100, 200, 400, ...), the last one cut to ``rank``."""
+    widths: list[int] = []
+    while sum(widths) < rank:
+        widths.append(min(max(INITIAL_RANK, sum(widths)), rank - sum(widths)))
+    return widths
+
+
+def _ends(widths: list[int]) -> list[int]:
+    """The ranks at the ends of blocks of ``widths`` (100, 200, 400, ...)."""
+    return [sum(widths[: i + 1]) for i in range(len(widths))]
+
+
+class NystromSketch:
+    """A randomised Nyström sketch ``(Q, Y = G Q)`` of a PSD operator ``G`` that grows on
+    demand, and the preconditioners of ``s G + μ I`` made from it.
+
+    Args:
+        operator: ``G`` (without a shift) on rows ``(B, size)``.
+        size: the number of rows of ``G`` (flattened sinograms: measurements).
+        like: the dtype and device of the products.
+        seed: seeds the Gaussian test matrix, block by block (every process of a
+            distributed run builds the same sketch).
+        batch: rows per product while sketching.
+        power: subspace iterations per block (each as many products again). One pays for
+            itself on DIP Jacobians, whose spectra decay too slowly for a plain sketch to
+            find the top eigenspace: a plain sketch underestimates ``λ_r`` and CG stalls above
+            the tolerance; with one iteration ``λ_r`` comes out far larger and CG converges in
+            a fraction of the iterations (docs/measurements.md).
+
+    A block of ``w`` columns costs ``(1 + power) w`` products: ``Z = G Ω`` (``power`` times),
+    orthogonalised against the columns before it, then ``Y = G Q``. The span of the first ``r``
+    columns is that of a one-shot sketch with the same test vectors.
     """
-    low, high = DEFAULT_RANKS
-    return max(1, min(high, max(low, size // 8), BASIS_BYTES // (8 * size)))
+
+    def __init__(
+        self,
+        operator: Callable[[torch.Tensor], torch.Tensor],
+        size: int,
+        *,
+        like: torch.Tensor,
+        seed: int = 0,
+        batch: int = 32,
+        power: int = 1,
+    ) -> None:
+        if power < 0:
+            raise ValueError(f"the subspace iterations must be 0 or more, got {power}")
+        self.operator, self.size, self.seed = operator, int(size), int(seed)
+        self.batch, self.power = batch, power
+        self.dtype, self.device = like.dtype, like.device
+        self.q = torch.zeros(self.size, 0, dtype=like.dtype, device=like.device)
+        self.y = torch.zeros_like(self.q)
+        self.widths: list[int] = []
+        self._eigenvalues: dict[int, torch.Tensor] = {}  # by rank
+        self._pairs: tuple[int, torch.Tensor, torch.Tensor] | None = None  # the last (r, U, Λ)
+
+    @property
+    def rank(self) -> int:
+        """The columns sketched so far."""
+        return int(self.q.shape[1])
+
+    def _apply(self, columns: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([self.operator(part) for part in columns.T.split(self.batch)]).T
+
+    def grow(self, rank: int) -> None:
+        """Sketch the blocks of a rank-``min(rank, size)`` sketch (:func:`_blocks`) that are
+        not sketched yet.
+
+        Raises:
+            ValueError: ``rank < 1``, or the sketch was cut to another rank before.
+        """
+        if rank < 1:
+            raise ValueError(f"the preconditioner rank must be at least 1, got {rank}")
+        widths = _blocks(min(rank, self.size))
+        done = len(self.widths)
+        if self.rank < sum(widths) and self.widths != widths[:done]:
+            raise ValueError(f"a sketch cut to rank {self.rank} cannot grow to {rank}")
+        for index in range(done, len(widths)):
+            g = torch.Generator(device=self.device).manual_seed(self.seed + 7919 * index)
+            omega = torch.randn(self.size, widths[index], generator=g, device=self.device)
+            z = torch.linalg.qr(omega.to(self.dtype)).Q
+            for _ in range(self.power):
+                z = self._apply(z)
+            # orthonormal to the columns before: the last columns of a Householder QR of
+            # [Q, Z] (where G maps Z into span(Q), Gram-Schmidt would leave round-off only,
+            # normalised into columns along Q; Householder's Q is orthogonal as a whole)
+            both = torch.linalg.qr(torch.cat([self.q, z], dim=1).double()).Q
+            block = both[:, self.rank :].to(self.dtype)
+            self.q = torch.cat([self.q, block], dim=1)
+            self.y = torch.cat([self.y, self._apply(block)], dim=1)
+            self.widths.append(widths[index])
+
+    def _factor(self, rank: int) -> tuple[torch.Tensor, float]:
+        """``B = Y_ν (Qᵀ Y_ν)^{-1/2}`` (Cholesky) of the first ``rank`` columns, float64, and
+        the shift ``ν``: the Nyström approximation is ``B Bᵀ - ν I``. A tiny ``ν`` keeps the
+        factor defined where ``G`` is rank-deficient; where the columns beyond ``G``'s rank
+        see only the round-off of its float32 products, ``ν`` grows tenfold until it does."""
+        if rank not in _ends(self.widths):
+            raise ValueError(f"rank {rank} is not the end of a block of the sketch")
+        q, y = self.q[:, :rank].double(), self.y[:, :rank].double()
+        nu = math.sqrt(self.size) * torch.finfo(self.dtype).eps * float(y.norm())
+        for _ in range(NU_TRIES):
+            shifted = y + nu * q
+            core = q.T @ shifted
+            factor, info = torch.linalg.cholesky_ex((core + core.T) / 2)
+            if int(info) == 0:
+                break
+            nu *= 10
+        else:
+            raise torch.linalg.LinAlgError("the Nyström sketch's core is not positive definite")
+        return torch.linalg.solve_triangular(factor, shifted.T, upper=False).T, nu
+
+    def eigenvalues(self, rank: int) -> torch.Tensor:
+        """The eigenvalues, descending ``(rank,)`` float64, of the Nyström approximation from
+        the first ``rank`` columns (the end of a block), from its ``rank × rank`` Gram matrix
+        (cheap: what the choice of the rank reads)."""
+        if rank not in self._eigenvalues:
+            b, nu = self._factor(rank)
+            squares = torch.linalg.eigvalsh(b.T @ b).flip(0)  # the singular values of B, squared
+            self._eigenvalues[rank] = (squares - nu).clamp_min(0)
+        return self._eigenvalues[rank]
+
+    def eigenpairs(self, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(U, Λ)`` of the Nyström approximation from the first ``rank`` columns (the end of
+        a block): ``U`` ``(size, rank)`` orthonormal and ``Λ`` descending ``(rank,)``, float64,
+        by an SVD (kept for the last rank asked for only: ``U`` is large)."""
+        if self._pairs is None or self._pairs[0] != rank:
+            b, nu = self._factor(rank)
+            u, s, _ = torch.linalg.svd(b, full_matrices=False)
+            self._pairs = (rank, u, (s.square() - nu).clamp_min(0))
+        return self._pairs[1], self._pairs[2]
+
+    def choose_rank(
+        self, scale: float, shift: float, *, rows: int = 0, iterations: int = 300
+    ) -> int:
+        """The rank for ``scale · G + shift · I``: every column sketched so far (they cost
+        nothing more), and more blocks while the next one costs fewer products than it saves
+        ``rows`` solves (:func:`_worth_growing`) or while CG is expected to need more than
+        half of ``iterations`` (the model's iterations are an estimate), up to
+        :func:`rank_cap`."""
+        if not shift > 0:
+            raise ValueError(f"the shift must be positive, got {shift}")
+        ends = _ends(_blocks(rank_cap(self.size)))
+        conditions: list[float] = []
+        for index, rank in enumerate(ends):
+            self.grow(rank)
+            conditions.append(1 + scale * float(self.eigenvalues(rank)[-1]) / shift)
+            if index + 1 == len(ends):
+                break
+            if ends[index + 1] <= self.rank:
+                continue  # sketched already
+            capped = 2 * ITERATIONS_PER_ROOT_CONDITION * conditions[-1] ** 0.5 > iterations
+            cost = (1 + self.power) * (ends[index + 1] - rank)
+            if not (capped or _worth_growing(conditions, cost, rows)):
+                break
+        return rank
+
+    def preconditioner(self, scale: float, shift: float, rank: int) -> NystromPreconditioner:
+        """The preconditioner of ``scale · G + shift · I`` from the first ``rank`` columns
+        (grown to them; :meth:`choose_rank` chooses)."""
+        if not shift > 0:
+            raise ValueError(f"the shift must be positive, got {shift}")
+        rank = min(rank, self.size)
+        self.grow(rank)
+        basis, eigenvalues = self.eigenpairs(rank)
+        return NystromPreconditioner(basis, eigenvalues * scale, float(shift))
+
+
+def _worth_growing(conditions: list[float], cost: int, rows: int) -> bool:
+    """Whether the next block (``cost`` products) saves more: the condition numbers
+    ``κ_r`` at the block ends so far predict the next by the last ratio (or
+    :data:`FIRST_DECAY`), and each of ``rows`` solves saves
+    :data:`ITERATIONS_PER_ROOT_CONDITION` ``(√κ_r - √κ_next)`` products."""
+    now = conditions[-1]
+    decay = conditions[-2] / now if len(conditions) > 1 else FIRST_DECAY
+    following = max(1.0, now / max(decay, 1.0))
+    saved = rows * ITERATIONS_PER_ROOT_CONDITION * (now**0.5 - following**0.5)
+    return saved > cost
 
 
 @dataclass
@@ -78,49 +281,12 @@ class NystromPreconditioner:
         batch: int = 32,
         power: int = 1,
     ) -> NystromPreconditioner:
-        """Sketch the PSD ``operator`` (rows ``(B, size)`` to rows ``(B, size)``, without the
-        shift) with ``min(rank, size)`` Gaussian test vectors, applied ``batch`` at a time,
-        after ``power`` subspace iterations (each ``rank`` more products).
-
-        One subspace iteration pays for itself on DIP Jacobians, whose spectra decay too slowly
-        for a plain sketch to find the top eigenspace: a plain sketch underestimates ``λ_r``
-        and CG stalls above the tolerance; with one iteration ``λ_r`` comes out far larger
-        and CG converges in a fraction of the iterations, which saves much more time than
-        the doubled build costs (docs/measurements.md).
-
-        ``like`` gives the dtype and device; ``seed`` makes the sketch reproducible (every
-        process of a distributed run builds the same preconditioner).
-        """
+        """The preconditioner of ``operator + shift · I`` from a :class:`NystromSketch` of
+        ``min(rank, size)`` columns (``like``, ``seed``, ``batch``, ``power`` as there)."""
         if rank < 1:
             raise ValueError(f"the preconditioner rank must be at least 1, got {rank}")
-        if not shift > 0:
-            raise ValueError(f"the shift must be positive, got {shift}")
-        if power < 0:
-            raise ValueError(f"the subspace iterations must be 0 or more, got {power}")
-        rank = min(rank, size)
-        g = torch.Generator(device=like.device).manual_seed(seed)
-        omega = torch.randn(size, rank, generator=g, device=like.device, dtype=like.dtype)
-        q = torch.linalg.qr(omega).Q  # (size, rank)
-
-        def apply(columns: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                return torch.cat([operator(part) for part in columns.T.split(batch)]).T
-
-        y = apply(q)  # (size, rank)
-        for _ in range(power):
-            q = torch.linalg.qr(y).Q
-            y = apply(q)
-        # the sketch in float64 (r × r and m × r: cheap next to the products); a tiny
-        # shift ν keeps the Cholesky factor defined where the operator is rank-deficient
-        q, y = q.double(), y.double()
-        nu = math.sqrt(size) * torch.finfo(like.dtype).eps * float(y.norm())
-        y = y + nu * q
-        core = q.T @ y
-        factor = torch.linalg.cholesky((core + core.T) / 2)
-        b = torch.linalg.solve_triangular(factor, y.T, upper=False).T  # y · factor⁻ᵀ
-        u, s, _ = torch.linalg.svd(b, full_matrices=False)
-        eigenvalues = (s.square() - nu).clamp_min(0)
-        return cls(u, eigenvalues, float(shift))
+        sketch = NystromSketch(operator, size, like=like, seed=seed, batch=batch, power=power)
+        return sketch.preconditioner(1.0, shift, rank)
 
     @property
     def rank(self) -> int:

@@ -57,10 +57,10 @@ class SolverConfig:
         tolerance: stop once every row's relative residual ``||N u - b|| / ||b||`` is below it.
         lr: SGD step size; ``None`` takes ``1 / λ_max(N)`` (estimated by power iteration).
         preconditioner_rank: rank of the Nyström preconditioner of the measurement-space
-            solves (:mod:`dip_uq.laplace.preconditioner`; built once per set of
-            hyperparameters at the cost of twice that many Jacobian product pairs); 0 for plain
-            CG; ``None`` (default): from the number of measurements
-            (:func:`~dip_uq.laplace.preconditioner.default_rank`).
+            solves (:mod:`dip_uq.laplace.preconditioner`; sketched at the cost of twice that
+            many Jacobian product pairs, and rescaled for a common prior factor and the noise);
+            0 for plain CG; ``None`` (default): grown while it saves more CG work than it
+            costs (:meth:`~dip_uq.laplace.preconditioner.NystromSketch.choose_rank`).
         product_rows: rows every product of a posterior-sample solve is applied to at once
             (:func:`fixed_rows`): a batch of samples goes through the network this many at a
             time, the last ones padded with zeros, so that a sample's float32 arithmetic

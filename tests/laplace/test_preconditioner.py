@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from dip_uq.laplace import NystromPreconditioner, SolverConfig
+from dip_uq.laplace.preconditioner import NystromSketch
 from dip_uq.laplace.solvers import solve
 
 
@@ -64,3 +65,77 @@ def test_a_subspace_iteration_finds_the_top_of_a_slowly_decaying_spectrum():
         iterations[power] = info["iterations"]
     assert errors[1] < 1e-3 < errors[0], errors
     assert iterations[1] < iterations[0], iterations  # measured 88 vs 104
+
+
+def _spectrum(m: int, eigenvalues: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """A dense PSD ``m × m`` operator with the given eigenvalues (the rest 0)."""
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.linalg.qr(torch.randn(m, m, generator=g, dtype=torch.float64)).Q
+    basis = basis[:, : eigenvalues.numel()]
+    return basis * eigenvalues @ basis.T
+
+
+def test_a_sketch_grown_in_blocks_is_the_sketch_of_its_rank_whatever_was_grown_before():
+    """The first r columns of a grown sketch are those of a sketch of rank r, bit for bit: a
+    resumed run, which sketches only what it needs, builds the preconditioner an
+    uninterrupted one used."""
+    m = 500
+    gram = _spectrum(m, 1e4 / torch.arange(1, m + 1, dtype=torch.float64) ** 2)
+    apply = lambda v: v @ gram  # noqa: E731
+    grown = NystromSketch(apply, m, like=gram, seed=3)
+    grown.grow(400)
+    assert grown.widths == [100, 100, 200]
+    fresh = NystromSketch(apply, m, like=gram, seed=3)
+    fresh.grow(200)
+    assert torch.equal(grown.q[:, :200], fresh.q) and torch.equal(grown.y[:, :200], fresh.y)
+    for rank in (100, 200):
+        assert torch.equal(grown.eigenvalues(rank), fresh.eigenvalues(rank))
+    a, b = grown.preconditioner(2.0, 0.5, 200), fresh.preconditioner(2.0, 0.5, 200)
+    assert torch.equal(a.basis, b.basis) and torch.equal(a.eigenvalues, b.eigenvalues)
+    # the columns are orthonormal across the blocks (orthogonalised against the ones before)
+    q = grown.q.double()
+    torch.testing.assert_close(q.T @ q, torch.eye(400, dtype=torch.float64), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="not the end of a block"):
+        grown.eigenvalues(150)
+    cut = NystromSketch(apply, m, like=gram)
+    cut.grow(150)  # blocks of 100 and 50
+    with pytest.raises(ValueError, match="cut to rank 150 cannot grow to 400"):
+        cut.grow(400)
+
+
+def test_the_rank_follows_the_eigenvalues_above_the_shift_and_the_iteration_cap():
+    """A spectrum with 30 eigenvalues far above μ gets the first block only; one with
+    hundreds above μ grows while a block saves more CG products than it costs, and further
+    where CG would pass its cap; columns sketched already are used. PCG with the chosen rank
+    converges."""
+    m = 1000
+    few = torch.cat([torch.full((30,), 1e4), torch.full((m - 30,), 1e-3)]).double()
+    many = (1e6 / torch.arange(1, m + 1, dtype=torch.float64) ** 2).clamp_min(1e-3)
+    ranks = {}
+    for name, spectrum in (("few", few), ("many", many)):
+        gram = _spectrum(m, spectrum)
+
+        def rank(g: torch.Tensor = gram, **options: int) -> int:
+            return NystromSketch(lambda v: v @ g, m, like=g).choose_rank(1.0, 1.0, **options)
+
+        ranks[name] = rank(rows=16)
+        ranks[name + " capped"] = rank(iterations=20)
+        ranks[name + " costless"] = rank()  # no rows to save, far from the cap
+        sketch = NystromSketch(lambda v, g=gram: v @ g, m, like=gram)
+        pre = sketch.preconditioner(1.0, 1.0, sketch.choose_rank(1.0, 1.0, rows=16))
+        b = torch.randn(2, m, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        _, info = solve(
+            lambda a, g=gram: a @ g + a,
+            b,
+            x0=0 * b,
+            config=SolverConfig(iterations=300, tolerance=1e-6),
+            preconditioner=pre,
+        )
+        assert float(info["residual"].max()) < 1e-6, name
+    assert ranks["few"] == ranks["few costless"] == ranks["few capped"] == 100, ranks
+    # λ_i = 1e6 / i² passes μ = 1 at i = 1000: rank 200 leaves κ ≈ 26
+    assert ranks["many"] == 200, ranks
+    assert ranks["many costless"] == 100 and ranks["many capped"] > ranks["many"], ranks
+    assert sketch.rank == 200 and sketch.choose_rank(1.0, 1.0) == 200  # sketched: used
+    with pytest.raises(ValueError, match="shift must be positive"):
+        NystromSketch(lambda v: v, m, like=few).choose_rank(1.0, 0.0)
