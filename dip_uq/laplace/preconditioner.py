@@ -57,7 +57,6 @@ ITERATIONS_PER_ROOT_CONDITION = 4.3
 # the rows a run solves at one set of hyperparameters: EM's 2 x 8 samples, the std map's 16
 # (the prior-scale search's 8 per candidate, but its scales pass each other's sketch on)
 ROWS_PER_SKETCH = 16
-NU_TRIES = 6  # tenfold rises of the Cholesky shift ν before a sketch is given up
 # λ_r / λ_2r where only one block is sketched: a spectrum falling as 1 / i²
 FIRST_DECAY = 4.0
 
@@ -166,22 +165,15 @@ class NystromSketch:
     def _factor(self, rank: int) -> tuple[torch.Tensor, float]:
         """``B = Y_ν (Qᵀ Y_ν)^{-1/2}`` (Cholesky) of the first ``rank`` columns, float64, and
         the shift ``ν``: the Nyström approximation is ``B Bᵀ - ν I``. A tiny ``ν`` keeps the
-        factor defined where ``G`` is rank-deficient; where the columns beyond ``G``'s rank
-        see only the round-off of its float32 products, ``ν`` grows tenfold until it does."""
+        factor defined where ``G`` is rank-deficient."""
         if rank not in _ends(self.widths):
             raise ValueError(f"rank {rank} is not the end of a block of the sketch")
         q, y = self.q[:, :rank].double(), self.y[:, :rank].double()
         nu = math.sqrt(self.size) * torch.finfo(self.dtype).eps * float(y.norm())
-        for _ in range(NU_TRIES):
-            shifted = y + nu * q
-            core = q.T @ shifted
-            factor, info = torch.linalg.cholesky_ex((core + core.T) / 2)
-            if int(info) == 0:
-                break
-            nu *= 10
-        else:
-            raise torch.linalg.LinAlgError("the Nyström sketch's core is not positive definite")
-        return torch.linalg.solve_triangular(factor, shifted.T, upper=False).T, nu
+        y = y + nu * q
+        core = q.T @ y
+        factor = torch.linalg.cholesky((core + core.T) / 2)
+        return torch.linalg.solve_triangular(factor, y.T, upper=False).T, nu
 
     def eigenvalues(self, rank: int) -> torch.Tensor:
         """The eigenvalues, descending ``(rank,)`` float64, of the Nyström approximation from
