@@ -2,14 +2,16 @@
 same DIP fits, in one process.
 
 For a scan (a file, read with :func:`dip_uq.read_scan` on the grid
-:func:`dip_uq.scan.grid_for_device` chooses for a CPU, or the 2D demo's simulated scan) the
-DIP and the cross-validation's second DIP are fitted once; then the uncertainty stage (the
-linearisation, EM, the cross-validated prior-scale search, the std map: what
-:func:`dip_uq.reconstruct` runs after the fits) is timed twice, with
-``preconditioner_rank=None`` (the adaptive default) and with a fixed rank (``--fixed``,
-default the earlier default ``m / 8`` within 400-1200) as the reference. Per run: seconds of
-each part, the time in the preconditioner (sketching) and in CG, every solve's iterations, the
-chosen factor, and the std map's ratio to the reference's.
+:func:`dip_uq.scan.grid_for_device` chooses for a CPU, or the 2D demo's simulated scan)
+:func:`dip_uq.reconstruct` fits the DIP and the cross-validation's second DIP once into a work
+folder and is stopped when they are done; then each variant resumes a copy of that folder,
+so it reads the finished fits and runs the rest of the pipeline (EM, the cross-validated
+prior-scale search, the std map): ``preconditioner_rank=None`` (the adaptive default) and a
+fixed rank (``--fixed``, default the earlier default ``m / 8`` within 400-1200) as the
+reference. Per variant: the pipeline's seconds for the search and for the rest of the
+uncertainty stage (the linearisation, EM, the std map), the time in the preconditioner
+(sketching) and in CG, every solve's iterations, the chosen factor, and the std map's ratio
+to the reference's.
 
 Usage::
 
@@ -27,24 +29,29 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
+import tempfile
 import time
 from collections import defaultdict
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
 
 import dip_uq as du
-from dip_uq import holdout, stages
 from dip_uq.laplace import posterior
-from dip_uq.projector import RayTransform
 from dip_uq.scan import grid_for_device
-from dip_uq.settings import CROSS_VALIDATION_EVERY, Settings
+from dip_uq.settings import Settings
 
 # seconds in the posterior's preconditioner and solves, and each solve's iterations, of the
-# stage being timed (reset by stage())
+# variant being run (reset by variant())
 SECONDS: dict[str, float] = defaultdict(float)
 ITERATIONS: list[int] = []
+
+
+class _FitsDone(Exception):
+    """Stops the first run once both DIPs are fitted (and checkpointed)."""
 
 
 def _timed(name: str) -> None:
@@ -62,33 +69,38 @@ def _timed(name: str) -> None:
     setattr(posterior.LinearisedLaplace, name, wrapper)
 
 
-def stage(A, y, rec, cv, settings: Settings) -> dict[str, Any]:
-    """The uncertainty stage on fitted DIPs, timed by part."""
+def fit_once(scan: du.Scan, volume: du.Volume, settings: Settings, folder: Path) -> float:
+    """Fit both DIPs of a run into ``folder`` (their checkpoints stay there); seconds."""
+
+    def stop(point: str, *_: Any) -> None:
+        raise _FitsDone
+
+    start = time.perf_counter()
+    try:
+        du.reconstruct(scan, settings, volume=volume, work_dir=folder, hook=stop)
+    except _FitsDone:
+        return time.perf_counter() - start
+    raise RuntimeError("the run ended without reaching its linearisation")
+
+
+def variant(
+    scan: du.Scan, volume: du.Volume, settings: Settings, fits: Path, folder: Path
+) -> dict[str, Any]:
+    """The rest of the run after the fits in ``fits`` (copied to ``folder``), timed by part."""
+    shutil.copytree(fits, folder)
     SECONDS.clear()
     ITERATIONS.clear()
-    parts = {}
-    start = time.perf_counter()
-    lap = stages.linearise(rec, y, settings)
-    stages.fit_em(lap, settings)
-    parts["em_s"] = time.perf_counter() - start
-    start = time.perf_counter()
-    search = stages.cross_validate_prior_scale(
-        A, y, settings, noise_variance=lap.noise_variance, fitted=cv
-    )
-    parts["search_s"] = time.perf_counter() - start
-    lap.prior.scale_variances(search["chosen_factor"])
-    start = time.perf_counter()
-    std = lap.moments(settings.samples).std
-    parts["std_map_s"] = time.perf_counter() - start
+    result = du.reconstruct(scan, settings, volume=volume, work_dir=folder, resume=True)
     sketch = SECONDS["preconditioner"]
     return {
-        **parts,
-        "total_s": sum(parts.values()),
+        "search_s": result.timings["cross_validation_s"],
+        "uncertainty_s": result.timings["uncertainty_s"],
+        "total_s": result.timings["cross_validation_s"] + result.timings["uncertainty_s"],
         "preconditioner_s": sketch,
         "cg_s": SECONDS["_solve_dual"] - sketch,
         "iterations_per_solve": list(ITERATIONS),
-        "chosen_factor": search["chosen_factor"],
-        "std": std,
+        "chosen_factor": result.hyperparameters["prior_scale_search"]["chosen_factor"],
+        "std": torch.as_tensor(result.std),
     }
 
 
@@ -110,24 +122,26 @@ def main() -> None:
         scan = du.simulate_scan("shepp-logan", size=args.size, angles=30, noise=0.02)
         volume = scan.volume
         settings = Settings(iterations=args.iterations or 2500, channels=32)
-    A = RayTransform(volume, scan.geometry)
-    y = torch.as_tensor(scan.sinogram)
-    start = time.perf_counter()
-    rec = stages.fit_dip(A, y, settings)
-    kept, held, where = holdout.cross_validation_indices(A.geometry, CROSS_VALIDATION_EVERY)
-    data = holdout.split(A, y, kept, held)
-    cv = stages.CrossValidationFit(stages.fit_dip(data.A, data.y, settings), data, where)
-    dip_s = time.perf_counter() - start
-    fixed = args.fixed or max(400, min(1200, y.numel() // 8))
-    runs = {
-        "adaptive": stage(A, y, rec, cv, settings),
-        f"fixed rank {fixed}": stage(A, y, rec, cv, replace(settings, preconditioner_rank=fixed)),
-    }
+    m = scan.sinogram.size
+    fixed = args.fixed or max(400, min(1200, m // 8))
+    with tempfile.TemporaryDirectory() as tmp:
+        fits = Path(tmp) / "fits"
+        dip_s = fit_once(scan, volume, settings, fits)
+        runs = {
+            "adaptive": variant(scan, volume, settings, fits, Path(tmp) / "adaptive"),
+            f"fixed rank {fixed}": variant(
+                scan,
+                volume,
+                replace(settings, preconditioner_rank=fixed),
+                fits,
+                Path(tmp) / "fixed",
+            ),
+        }
     reference = runs[f"fixed rank {fixed}"]["std"]
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
-    print(f"measurements {y.numel()}, grid {tuple(volume.shape)}, both DIP fits {dip_s:.0f} s")
-    print("| rank | EM | search | std map | total | sketching | CG | factor | std / reference |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"measurements {m}, grid {tuple(volume.shape)}, both DIP fits {dip_s:.0f} s")
+    print("| rank | search | EM and std map | total | sketching | CG | factor | std / reference |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, run in runs.items():
         ratio = (
             (run["std"] / reference)
@@ -136,15 +150,15 @@ def main() -> None:
             .quantile(torch.tensor([0.05, 0.5, 0.95], dtype=torch.float64))
         )
         print(
-            f"| {name} | {run['em_s']:.0f} s | {run['search_s']:.0f} s | "
-            f"{run['std_map_s']:.0f} s | {run['total_s']:.0f} s | "
+            f"| {name} | {run['search_s']:.0f} s | {run['uncertainty_s']:.0f} s | "
+            f"{run['total_s']:.0f} s | "
             f"{run['preconditioner_s']:.0f} s | {run['cg_s']:.0f} s | "
             f"{run['chosen_factor']:.3g} | {', '.join(f'{r:.3f}' for r in ratio.tolist())} |"
         )
     if args.json:
         out = {name: {k: v for k, v in run.items() if k != "std"} for name, run in runs.items()}
         with open(args.json, "w") as f:
-            json.dump({"dip_fits_s": dip_s, "measurements": y.numel(), "runs": out}, f, indent=1)
+            json.dump({"dip_fits_s": dip_s, "measurements": m, "runs": out}, f, indent=1)
 
 
 if __name__ == "__main__":
