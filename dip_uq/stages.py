@@ -198,7 +198,7 @@ class _Probe:
 def run_estimate(
     seconds_per_iteration: float, iterations: int, device: str, uncertainty: bool = True
 ) -> str:
-    """One line: how long the DIP's remaining ``iterations`` take at ``seconds_per_iteration``
+    """One line: how long the DIP's ``iterations`` take at ``seconds_per_iteration``
     and, with the ``uncertainty`` stage after it, how long that usually takes
     (:data:`UNCERTAINTY_PER_DIP` times the DIP); where the run may take longer than
     :data:`LONG_RUN_S` it names the options that shorten it."""
