@@ -62,7 +62,10 @@ class Result:
         holdout: the held-out projections' scores (``settings.holdout``), else empty.
         backend: the projector backend the run used (``"auto"`` resolved).
         scan, volume, settings: what the run was given (recorded by :meth:`save`).
-        run_info: device, projector backend, threads and processes of the run.
+        run_info: device, projector backend, threads and processes of the run, and for the
+            linearised Laplace the CG solves (``solves``: of EM and of the std map, each
+            solve's ``rows``, ``iterations``, ``worst_residual`` and ``preconditioner_rank``;
+            the prior-scale search's are in ``hyperparameters``).
         samples: the std map's posterior deviations ``(samples, *volume)`` when asked for
             (``keep_samples``), else None.
     """

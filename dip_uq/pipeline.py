@@ -330,6 +330,7 @@ def _dip(
         if hook is not None:
             hook(LINEARISED, lap, mean)
         stages.fit_em(lap, settings, ctx, fingerprint=stages.checkpoint_fingerprint(settings, y))
+        em_solves = len(lap.solves)
     search = {}
     if cross_validated:  # a factor found by a second fit
         ctx.notify(
@@ -355,6 +356,7 @@ def _dip(
         if hook is not None:
             hook(FITTED, lap, mean)
         ctx.notify(f"std map: {settings.samples} posterior samples")
+        std_solves = len(lap.solves)
         moments = lap.moments(
             settings.samples,
             batch=settings.batch,
@@ -363,6 +365,11 @@ def _dip(
             progress=ctx.progress,
         )
         std = moments.std.to(mean.dtype)
+        # this process's solves (a resumed run's read from checkpoints are not among them)
+        result.run_info["solves"] = {
+            "em": lap.solves[:em_solves],
+            "std_map": lap.solves[std_solves:],
+        }
         if settings.mean == "linear":
             mean = lap.mean()
         if settings.holdout:

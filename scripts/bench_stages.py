@@ -5,8 +5,9 @@ with 30 angles, 3D cone beam with ``N`` angles; 2 % noise) and reconstructed wit
 :func:`dip_uq.reconstruct`'s defaults on this machine: grid, network, iterations, EM, the
 cross-validated prior scale, the std map. Recorded per run: the stages' wall seconds
 (``Result.timings``: FBP, the DIP fits side by side, the cross-validation's search, the
-uncertainty stage), the DIP's iterations, the run's own estimate (``Result.run_info["plan"]``)
-and the scores against the truth.
+uncertainty stage), the DIP's iterations, the CG iterations of every solve of EM, of the
+prior-scale search (per candidate) and of the std map, the run's own estimate
+(``Result.run_info["plan"]``) and the scores against the truth.
 
 The yardstick, measured in the same process first: 100 Adam steps of the default 2D U-Net at
 64² fitted to a fixed image (no projector), seconds. Every stage is reported also as a
@@ -63,6 +64,8 @@ def run_case(dim: int, size: int, device: str) -> dict[str, Any]:
     result = du.reconstruct(scan, device=device, notify=plan.append)
     total = time.perf_counter() - started
     loss = result.curves.get("DIP loss", {}).get("loss")
+    solves = result.run_info.get("solves", {})
+    search = result.hyperparameters.get("prior_scale_search", {})
     return {
         "dim": dim,
         "size": size,
@@ -70,6 +73,11 @@ def run_case(dim: int, size: int, device: str) -> dict[str, Any]:
         "angles": angles,
         "timings_s": {**result.timings, "total_s": total},
         "dip_iterations": None if loss is None else len(loss),
+        "cg_iterations": {
+            "em": [solve["iterations"] for solve in solves.get("em", [])],
+            "prior_scale_search": search.get("cg_iterations", []),
+            "std_map": [solve["iterations"] for solve in solves.get("std_map", [])],
+        },
         "plan": plan,
         "scores": result.scores,
     }
@@ -96,7 +104,8 @@ def main() -> None:
                 f"{dim}D {size}: total {t['total_s']:.0f} s ({t['total_s'] / reference:.1f} "
                 f"yardsticks); DIP {t.get('dip_s', 0):.0f} s, cross-validation "
                 f"{t.get('cross_validation_s', 0):.0f} s, uncertainty "
-                f"{t.get('uncertainty_s', 0):.0f} s",
+                f"{t.get('uncertainty_s', 0):.0f} s; CG iterations per solve "
+                + "; ".join(f"{k} {v}" for k, v in case["cg_iterations"].items()),
                 flush=True,
             )
             record = {

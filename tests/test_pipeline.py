@@ -209,6 +209,14 @@ def test_the_cross_validated_scale_is_the_second_fits_choice_applied_to_the_fit_
     )
     best = search["factors"][int(np.argmax(search["tll_per_pixel"]))]
     assert abs(np.log10(search["chosen_factor"] / best)) <= 0.5
+    # every solve is on record: the search's per candidate, EM's and the std map's per solve
+    assert len(search["cg_iterations"]) == len(search["factors"])
+    assert all(1 <= n <= settings.cg_iterations for n in search["cg_iterations"])
+    solves = validated.run_info["solves"]
+    assert [s["rows"] for s in solves["em"]] == [2, 1]  # the samples, then the mode
+    assert sum(s["rows"] for s in solves["std_map"]) == settings.samples
+    for record in solves["em"] + solves["std_map"]:
+        assert record["iterations"] >= 1 and record["preconditioner_rank"] >= 1
     for block, variance in validated.hyperparameters["prior_variances"].items():
         start = weights.hyperparameters["prior_variances"][block]
         assert variance == pytest.approx(search["chosen_factor"] * start, rel=1e-6)

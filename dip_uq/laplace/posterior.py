@@ -167,6 +167,9 @@ class LinearisedLaplace:
         self._mode_state: torch.Tensor | None = None  # CG warm start of the mode
         self.last_mode_solve: dict | None = None  # the solver's info of the last mode()
         self.em_warm_starts: dict[tuple[int, int], torch.Tensor] = {}  # by sample rows
+        # every CG/SGD solve this object made, in order (:meth:`_solve_dual`): its rows,
+        # iterations, worst relative residual and preconditioner rank, for run.json
+        self.solves: list[dict[str, float]] = []
         # (rank setting, prior variances relative to the first block's, sketch of M Mᵀ at them)
         self._sketch: tuple[int | None, dict[str, float], NystromSketch] | None = None
         self._restored_rank = 0  # the rank of the sketch of a loaded state_dict
@@ -299,11 +302,20 @@ class LinearisedLaplace:
         x0 = 0 * flat if x0 is None else x0.reshape(flat.shape)
         pre = self.preconditioner()
         dual, m_t = self._dual, self._m_t
+        rank = 0 if pre is None else pre.rank
         if padded:
             dual, m_t = self._fixed_rows(dual), self._fixed_rows(m_t)
             pre = None if pre is None else self._fixed_rows(pre)
         with torch.no_grad():
             a, info = solve(dual, flat, x0=x0, config=config, preconditioner=pre)
+            self.solves.append(
+                {
+                    "rows": int(flat.shape[0]),
+                    "iterations": int(info["iterations"]),
+                    "worst_residual": float(info["residual"].max()),
+                    "preconditioner_rank": rank,
+                }
+            )
             a = a.reshape(rhs.shape)
             return m_t(a), a, info
 

@@ -103,7 +103,8 @@ def choose_prior_scale(
     """Multiply ``lap``'s prior variances by the factor that maximises the held-out
     projections' predictive log-likelihood; returns the search for ``run.json``
     (``factors`` tried and their ``tll_per_pixel``, ``chosen_factor``,
-    ``samples_per_candidate``, and the ``worst_residual`` of every candidate's solves).
+    ``samples_per_candidate``, and of every candidate's solves the ``worst_residual`` and
+    the most ``cg_iterations``).
 
     A 1-D search by cross-validation over angles (:func:`best_decade`, factors
     ``10**decades[0]`` to ``10**decades[1]``): every candidate scales all block variances of
@@ -147,16 +148,20 @@ def choose_prior_scale(
         "chosen_factor": 10.0**best,
         "samples_per_candidate": samples,
         "worst_residual": [float(solves[e]["residual"].max()) for e in tried],
+        "cg_iterations": [int(solves[e]["iterations"].max()) for e in tried],
     }
 
 
 def _merged(
     solves: dict[str, torch.Tensor] | None, info: dict[str, Any]
 ) -> dict[str, torch.Tensor]:
-    """``solves`` with the rows of one more solve's ``info`` (``residual``, ``stalled``)."""
+    """``solves`` with one more solve's ``info``: its rows' ``residual`` and ``stalled``,
+    and its ``iterations``."""
+    rows = {key: info[key] for key in ("residual", "stalled")}
+    rows["iterations"] = torch.as_tensor(info["iterations"]).reshape(-1)
     if solves is None:
-        return {key: info[key] for key in ("residual", "stalled")}
-    return {key: torch.cat([solves[key], info[key]]) for key in solves}
+        return rows
+    return {key: torch.cat([solves[key], rows[key]]) for key in solves}
 
 
 def _report_unconverged(
