@@ -115,6 +115,7 @@ def choose_prior_scale(
     start = dict(lap.prior.variances)
     # by candidate: every sample's relative residual and whether round-off stalled it
     solves: dict[float, dict[str, torch.Tensor]] = {}
+    iterations: dict[float, int] = {}  # by candidate: the most CG iterations of its solves
 
     def tll(decade: float) -> float:
         lap.prior.variances = start
@@ -124,6 +125,8 @@ def choose_prior_scale(
             # unconverged candidates are the search's to report (_report_unconverged)
             parts.append(lap.sample(stop - first, start=first, warn=False))
             solves[decade] = _merged(solves.get(decade), lap.last_solve)
+            made = int(lap.last_solve["iterations"])
+            iterations[decade] = max(iterations.get(decade, 0), made)
         drawn = torch.cat(parts)
         predicted, std, _ = predictive(A_held, mean, drawn, lap.noise_variance, group=lap.group)
         return gaussian_tll(predicted - torch.as_tensor(y_held).to(predicted), std)
@@ -148,20 +151,17 @@ def choose_prior_scale(
         "chosen_factor": 10.0**best,
         "samples_per_candidate": samples,
         "worst_residual": [float(solves[e]["residual"].max()) for e in tried],
-        "cg_iterations": [int(solves[e]["iterations"].max()) for e in tried],
+        "cg_iterations": [iterations[e] for e in tried],
     }
 
 
 def _merged(
     solves: dict[str, torch.Tensor] | None, info: dict[str, Any]
 ) -> dict[str, torch.Tensor]:
-    """``solves`` with one more solve's ``info``: its rows' ``residual`` and ``stalled``,
-    and its ``iterations``."""
-    rows = {key: info[key] for key in ("residual", "stalled")}
-    rows["iterations"] = torch.as_tensor(info["iterations"]).reshape(-1)
+    """``solves`` with the rows of one more solve's ``info`` (``residual``, ``stalled``)."""
     if solves is None:
-        return rows
-    return {key: torch.cat([solves[key], rows[key]]) for key in solves}
+        return {key: info[key] for key in ("residual", "stalled")}
+    return {key: torch.cat([solves[key], info[key]]) for key in solves}
 
 
 def _report_unconverged(
