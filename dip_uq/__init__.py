@@ -9,12 +9,13 @@ What a notebook needs, in the order of the pipeline::
     LinearisedLaplace, SolverConfig                          the posterior and its std map
     reconstruct, Result                                      the method of `dip-uq reconstruct`
     metrics, plots, baselines                                scores, their plots; MC dropout, SGLD
+    directions                                               a scan's missing wedge of directions
 
 Modules keep their own names (``dip_uq.simulation``, ``dip_uq.pretraining``,
 ``dip_uq.projector.analytic``), so no function here hides a module.
 """
 
-from . import baselines, io, metrics, phantoms, pipeline, plots
+from . import baselines, directions, io, metrics, phantoms, pipeline, plots
 from .diagnostics import NotConvergedWarning
 from .dip import DIP
 from .geometry import (
@@ -58,6 +59,7 @@ __all__ = [
     "__version__",
     "baselines",
     "default_volume",
+    "directions",
     "fbp",
     "geometry_from_astra",
     "geometry_from_dict",

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .checkpoint import atomic_write
+from .directions import DirectionalPower
 from .version import __version__
 
 if TYPE_CHECKING:
@@ -68,6 +69,9 @@ class Result:
             the prior-scale search's are in ``hyperparameters``).
         samples: the std map's posterior deviations ``(samples, *volume)`` when asked for
             (``keep_samples``), else None.
+        directions: for a scan with a missing wedge of Fourier directions, the std map's
+            posterior deviations' power per direction against it
+            (:class:`dip_uq.directions.DirectionalPower`), else None.
     """
 
     mean: np.ndarray
@@ -85,6 +89,7 @@ class Result:
     settings: Settings | None = None
     run_info: dict[str, Any] = field(default_factory=dict)
     samples: torch.Tensor | None = None
+    directions: DirectionalPower | None = None
 
     def save(
         self,
@@ -197,6 +202,7 @@ def save_report(
     calibration: Mapping[str, np.ndarray] | None = None,
     holdout_curve: tuple[np.ndarray, np.ndarray] | None = None,
     prior_scale_search: Mapping[str, Any] | None = None,
+    directions: DirectionalPower | None = None,
 ) -> None:
     """A PNG with one panel per image (three central slices each for volumes) plus plots.
 
@@ -216,6 +222,8 @@ def save_report(
         prior_scale_search: optional search of the prior's scale (run.json's
             ``prior_scale_search``: ``factors``, ``tll_per_pixel``, ``chosen_factor``): the
             held-out log-likelihood against the factor, the chosen one marked.
+        directions: optional posterior samples' power per Fourier direction against the
+            scan's missing wedge (shaded); with ``calibration`` also the error's.
     """
     import matplotlib
 
@@ -223,11 +231,11 @@ def save_report(
     import matplotlib.pyplot as plt
 
     from .metrics import calibration_curve
-    from .plots import calibration_plot, reliability_plot
+    from .plots import calibration_plot, directions_plot, reliability_plot
 
     curves = dict(curves or {})
     plots = len(curves) + (2 if calibration is not None else 0) + (holdout_curve is not None)
-    plots += prior_scale_search is not None
+    plots += (prior_scale_search is not None) + (directions is not None)
     rows = [(name, slab) for name, image in images.items() for slab in _central_slices(image)]
     n_slices = len(_central_slices(next(iter(images.values()))))
     n_images = len(images)
@@ -281,6 +289,14 @@ def save_report(
         ax.set_xlabel("factor on the weights' prior scale")
         ax.set_ylabel("held-out TLL (nats/pixel)")
         ax.set_title("prior scale search", fontsize=9)
+    if directions is not None:
+        error = None
+        if calibration is not None:
+            error = np.asarray(calibration["mean"]) - np.asarray(calibration["truth"])
+        ax = next(plot_axes)
+        ax.set_axis_on()
+        directions_plot(ax, directions, error)
+        ax.set_title("missing wedge", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -369,6 +385,7 @@ def write_results(
         calibration=calibration,
         holdout_curve=holdout_curve,
         prior_scale_search=result.hyperparameters.get("prior_scale_search"),
+        directions=result.directions,
     )
     written.append(out / "run.json")
     write_json(
@@ -381,6 +398,7 @@ def write_results(
             "scores": result.scores,
             "hyperparameters": result.hyperparameters,
             "holdout": result.holdout,
+            "directions": None if result.directions is None else result.directions.to_dict(),
             "notes": scan.notes,
         },
     )

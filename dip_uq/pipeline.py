@@ -36,6 +36,7 @@ import torch
 
 from . import holdout, stages
 from .background import beside
+from .directions import DirectionalPower, missing_wedge
 from .laplace.prior_scale import choose_prior_scale
 from .metrics import summary
 from .noise import estimate_noise_sigma
@@ -357,13 +358,16 @@ def _dip(
             hook(FITTED, lap, mean)
         ctx.notify(f"std map: {settings.samples} posterior samples")
         std_solves = len(lap.solves)
+        wedge = missing_wedge(A.geometry)
         moments = lap.moments(
             settings.samples,
             batch=settings.batch,
             checkpoint=ctx.file("samples"),
-            keep_samples=bool(settings.holdout) or keep_samples,
+            keep_samples=bool(settings.holdout) or keep_samples or wedge is not None,
             progress=ctx.progress,
         )
+        if wedge is not None:
+            result.directions = _directions(moments.samples, wedge, ctx)
         std = moments.std.to(mean.dtype)
         # this process's solves (a resumed run's read from checkpoints are not among them)
         result.run_info["solves"] = {
@@ -390,6 +394,24 @@ def _dip(
         hyper["prior_scale_search"] = search
     result.hyperparameters = hyper
     result.curves.update(em_curves)
+
+
+def _directions(
+    samples: torch.Tensor, wedge: tuple[float, float], ctx: RunContext
+) -> DirectionalPower:
+    """The std map's samples' power per Fourier direction against the scan's missing wedge,
+    told in one line: a posterior that knows what the scan does not measure varies more
+    there (:mod:`dip_uq.directions`)."""
+    reduce = None if ctx.group is None else ctx.group.all_reduce_sum
+    spread = DirectionalPower.of(samples, wedge, reduce)
+    start, end = wedge[0], wedge[0] + wedge[1]
+    end = end if end <= 180 else end - 180
+    ctx.notify(
+        f"limited arc: the Fourier directions {start:.0f}°–{end:.0f}° are not "
+        f"measured; the posterior samples vary {spread.ratio:.3g} times as much there as in the "
+        "measured directions (report.png, run.json's directions)"
+    )
+    return spread
 
 
 def find_checkpoints(work_dir: Path) -> list[str]:

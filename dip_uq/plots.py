@@ -1,4 +1,5 @@
-"""Calibration plots of a per-voxel uncertainty, drawn on a matplotlib ``Axes`` the caller owns.
+"""Calibration plots of a per-voxel uncertainty, and its spread over the Fourier directions
+against a scan's missing wedge, drawn on a matplotlib ``Axes`` the caller owns.
 
 The functions draw on the ``ax`` they are given and touch no global state: no ``pyplot``, no
 backend choice, no rcParams. They work on a bare ``matplotlib.figure.Figure`` (which saves
@@ -21,13 +22,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from .directions import DirectionalPower, direction_power, sector_of
 from .metrics import reliability
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.lines import Line2D
 
-__all__ = ["calibration_plot", "reliability_plot"]
+__all__ = ["calibration_plot", "directions_plot", "reliability_plot"]
 
 _IDEAL_GID = "dip_uq-ideal"  # marks the y = x reference line, so it is drawn once per axes
 
@@ -117,3 +119,36 @@ def reliability_plot(
     if label is not None:
         ax.legend(loc="upper left")
     return line
+
+
+def directions_plot(
+    ax: Axes, directions: DirectionalPower, error: np.ndarray | torch.Tensor | None = None
+) -> list[Line2D]:
+    """The posterior samples' Fourier power per direction, with the scan's missing wedge
+    shaded; with ``error`` (``mean - truth``, shaped like the image) also the error's.
+
+    Calibrated samples follow the error's curve in every direction: below it inside the
+    wedge, the std misses the errors the scan cannot see.
+
+    Args:
+        ax: the matplotlib axes to draw on.
+        directions: the samples' power per direction (:class:`dip_uq.directions.DirectionalPower`).
+        error: optional error image ``(Y, X)`` or volume ``(Z, Y, X)``, image units.
+
+    Returns:
+        The curves' ``Line2D`` (samples, then error).
+    """
+    angles = directions.angles_deg
+    lines = ax.semilogy(angles, directions.power, "o-", markersize=3, label="posterior samples")
+    if error is not None:
+        sums, counts = direction_power(torch.as_tensor(np.asarray(error))[None])
+        lines += ax.semilogy(angles, (sums / counts).numpy(), "s-", markersize=3, label="error")
+    width = angles[1] - angles[0]
+    for k, angle in enumerate(angles[sector_of(angles, directions.wedge)]):
+        label = "not measured" if k == 0 else None
+        ax.axvspan(angle - width / 2, angle + width / 2, color="grey", alpha=0.2, lw=0, label=label)
+    ax.set_xlim(0, 180)
+    ax.set_xlabel("Fourier direction (°)")
+    ax.set_ylabel("power per frequency")
+    ax.legend(fontsize=7)
+    return lines

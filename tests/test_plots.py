@@ -8,8 +8,9 @@ import pytest
 from helpers import calibrated
 from matplotlib.figure import Figure
 
+from dip_uq.directions import DirectionalPower, bin_centres, sector_of
 from dip_uq.metrics import calibration_curve, reliability
-from dip_uq.plots import calibration_plot, reliability_plot
+from dip_uq.plots import calibration_plot, directions_plot, reliability_plot
 
 
 def test_calibration_plot_draws_and_saves(tmp_path):
@@ -53,3 +54,21 @@ def test_reliability_plot_draws_and_saves(tmp_path):
     path = tmp_path / "reliability.png"
     fig.savefig(path, dpi=50)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_directions_plot_draws_the_samples_and_the_error_against_the_shaded_wedge():
+    ax = Figure().add_subplot()
+    angles = bin_centres()
+    wedge = (90.0, 60.0)
+    spread = DirectionalPower(angles, np.where(sector_of(angles, wedge), 4.0, 1.0), wedge)
+    error = np.random.default_rng(0).normal(size=(32, 32))
+    samples, err = directions_plot(ax, spread, error)
+    assert np.array_equal(samples.get_ydata(), spread.power)
+    assert np.all(np.isfinite(err.get_ydata())) and np.all(err.get_ydata() > 0)
+    assert len(ax.patches) == int(spread.missing.sum()) == 12  # one 5° span per missing bin
+    assert sorted(label.get_text() for label in ax.get_legend().get_texts()) == [
+        "error",
+        "not measured",
+        "posterior samples",
+    ]
+    assert ax.get_xlim() == (0.0, 180.0)
