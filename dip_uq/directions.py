@@ -31,6 +31,7 @@ __all__ = [
     "DirectionalPower",
     "bin_centres",
     "direction_power",
+    "frequency_directions",
     "missing_wedge",
     "sector_of",
 ]
@@ -164,11 +165,17 @@ class DirectionalPower:
         }
 
 
-def _bins(shape: tuple[int, int]) -> torch.Tensor:
-    """Each frequency's direction bin of a ``(Y, X)`` FFT; ``-1`` for the DC term."""
+def frequency_directions(shape: tuple[int, int]) -> torch.Tensor:
+    """The direction (degrees in ``[0, 180)``, float64) of every frequency of a ``(Y, X)``
+    FFT (``torch.fft.fft2``'s layout); 0 for the DC term."""
     ky = torch.fft.fftfreq(shape[0], dtype=torch.float64)[:, None]
     kx = torch.fft.fftfreq(shape[1], dtype=torch.float64)[None, :]
-    phi = torch.remainder(torch.rad2deg(torch.atan2(ky, kx)), 180.0)
+    return torch.remainder(torch.rad2deg(torch.atan2(ky, kx)), 180.0)
+
+
+def _bins(shape: tuple[int, int]) -> torch.Tensor:
+    """Each frequency's direction bin of a ``(Y, X)`` FFT; ``-1`` for the DC term."""
+    phi = frequency_directions(shape)
     index = torch.clamp((phi / (180.0 / BINS)).long(), max=BINS - 1)
     index[0, 0] = -1
     return index

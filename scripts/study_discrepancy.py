@@ -37,9 +37,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage, stats
+from tooth_check import tooth_scans
 
 import dip_uq as du
-from dip_uq import io, metrics, pipeline, stages
+from dip_uq import metrics, pipeline, stages
 from dip_uq.laplace import LinearisedLaplace
 from dip_uq.laplace.predictive import predictive
 from dip_uq.laplace.prior_scale import best_decade
@@ -148,13 +149,7 @@ def main() -> None:
         volume = sparse.volume
         settings = pipeline.Settings(iterations=100, channels=8, samples=4, em_samples=4)
     else:
-        scan = Path(__file__).parents[1] / "data/aps_tooth.h5"
-        full = io.preprocess(io.read_scan(scan), rows=0, center_offset="auto", binning=4)
-        sparse = io.preprocess(full, angle_step=2)
-        angles = sparse.angles_deg
-        sparse = sparse.projections(np.flatnonzero(angles - angles.min() < 60 + 1e-6))
-        side = du.default_volume(full).extent[-1]
-        volume = du.Volume((96, 96), voxel_size=side / 96)
+        full, sparse, volume = tooth_scans(step=2, arc=60)
     reference = pipeline.reconstruct(
         full, replace(settings, uq="none"), volume=volume, work_dir=out / "full", resume=True
     ).mean

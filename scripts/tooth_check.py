@@ -41,10 +41,27 @@ import dip_uq as du
 from dip_uq import directions, io, metrics, pipeline
 from dip_uq.plots import directions_plot
 
+SCAN = Path(__file__).parents[1] / "data/aps_tooth.h5"
+
+
+def tooth_scans(
+    scan: str | Path = SCAN, size: int = 96, step: int = 6, arc: float = 180.0
+) -> tuple[du.Scan, du.Scan, du.Volume]:
+    """``(full, sparse, volume)``: the tooth's row 0 (centre of rotation estimated, columns
+    binned by 4), every ``step``-th of its projections within the first ``arc`` degrees, and
+    the ``size``² grid over the full scan's default extent."""
+    full = io.preprocess(io.read_scan(scan), rows=0, center_offset="auto", binning=4)
+    sparse = io.preprocess(full, angle_step=step)
+    if arc < 180:  # a limited arc: the first ARC degrees of the kept projections
+        angles = sparse.angles_deg
+        sparse = sparse.projections(np.flatnonzero(angles - angles.min() < arc + 1e-6))
+    side = du.default_volume(full).extent[-1]
+    return full, sparse, du.Volume((size, size), voxel_size=side / size)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scan", default=str(Path(__file__).parents[1] / "data/aps_tooth.h5"))
+    parser.add_argument("--scan", default=str(SCAN))
     parser.add_argument("--size", type=int, default=96, help="grid side in voxels")
     parser.add_argument("--step", type=int, default=6, help="keep every STEP-th projection")
     parser.add_argument(
@@ -54,13 +71,7 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    full = io.preprocess(io.read_scan(args.scan), rows=0, center_offset="auto", binning=4)
-    sparse = io.preprocess(full, angle_step=args.step)
-    if args.arc < 180:  # a limited arc: the first ARC degrees of the kept projections
-        angles = sparse.angles_deg
-        sparse = sparse.projections(np.flatnonzero(angles - angles.min() < args.arc + 1e-6))
-    side = du.default_volume(full).extent[-1]
-    volume = du.Volume((args.size, args.size), voxel_size=side / args.size)
+    full, sparse, volume = tooth_scans(args.scan, args.size, args.step, args.arc)
     settings = pipeline.Settings()
     # each run checkpoints under OUT, so a rerun (after a crash or kill) resumes
     reference = pipeline.reconstruct(
