@@ -29,18 +29,15 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage, stats
-from tooth_check import tooth_scans
+from tooth_check import reference_fit, scores_over, study_scans, support_of
 
-import dip_uq as du
-from dip_uq import metrics, pipeline, stages
+from dip_uq import pipeline, stages
 from dip_uq.laplace import LinearisedLaplace
 from dip_uq.laplace.predictive import predictive
 from dip_uq.laplace.prior_scale import best_decade
@@ -142,17 +139,8 @@ def main() -> None:
     stages.choose_prior_scale = choose
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = pipeline.Settings()
-    if args.smoke:
-        full = du.simulate_scan("shepp-logan", size=32, angles=60, noise=0.02)
-        sparse = du.simulate_scan("shepp-logan", size=32, angles=16, arc=np.deg2rad(90), noise=0.02)
-        volume = sparse.volume
-        settings = pipeline.Settings(iterations=100, channels=8, samples=4, em_samples=4)
-    else:
-        full, sparse, volume = tooth_scans(step=2, arc=60)
-    reference = pipeline.reconstruct(
-        full, replace(settings, uq="none"), volume=volume, work_dir=out / "full", resume=True
-    ).mean
+    full, sparse, volume, settings = study_scans(args.smoke)
+    reference = reference_fit(full, volume, settings, out / "full").mean
     maps: dict[str, np.ndarray] = {}
 
     class Done(Exception):
@@ -179,17 +167,10 @@ def main() -> None:
     except Done:
         pass
     error = maps["mean"] - reference
-    support = ndimage.binary_dilation(reference > 0.1 * reference.max(), iterations=2)
+    support = support_of(reference)
     scores: dict[str, Any] = {"search": found, "width": args.width}
     for name in ("laplace", *VARIANTS, *(f"{v}@s0" for v in VARIANTS)):
-        e, s = error[support], maps[name][support]
-        cov = metrics.coverage(torch.as_tensor(e), torch.as_tensor(s), torch.zeros(e.shape))
-        scores[name] = {
-            "cov50": float(cov[0.5]),
-            "cov90": float(cov[0.9]),
-            "spearman": float(stats.spearmanr(s, np.abs(e)).statistic),
-            "std_over_rmse": float(np.sqrt((s**2).mean() / (e**2).mean())),
-        }
+        scores[name] = scores_over(error, maps[name], support)
     (out / "scores.json").write_text(json.dumps(scores, indent=1, default=float))
     print(json.dumps(scores, indent=1, default=float))
     import matplotlib.pyplot as plt

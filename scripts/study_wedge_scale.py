@@ -24,17 +24,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from scipy import ndimage, stats
-from tooth_check import tooth_scans
+from tooth_check import reference_fit, scores_over, study_scans, support_of
 
-import dip_uq as du
-from dip_uq import metrics, pipeline, stages
+from dip_uq import pipeline, stages
 from dip_uq.directions import frequency_directions, missing_wedge, sector_of
 from dip_uq.laplace.predictive import predictive
 from dip_uq.metrics import gaussian_tll
@@ -72,33 +68,16 @@ def main() -> None:
     stages.choose_prior_scale = choose
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = pipeline.Settings()
-    if args.smoke:
-        full = du.simulate_scan("shepp-logan", size=32, angles=60, noise=0.02)
-        sparse = du.simulate_scan("shepp-logan", size=32, angles=16, arc=np.deg2rad(90), noise=0.02)
-        volume = sparse.volume
-        settings = pipeline.Settings(iterations=100, channels=8, samples=4, em_samples=4)
-    else:
-        full, sparse, volume = tooth_scans(step=2, arc=60)
-    reference = pipeline.reconstruct(
-        full, replace(settings, uq="none"), volume=volume, work_dir=out / "full", resume=True
-    ).mean
+    full, sparse, volume, settings = study_scans(args.smoke)
+    reference = reference_fit(full, volume, settings, out / "full").mean
     result = pipeline.reconstruct(
         sparse, settings, volume=volume, work_dir=out / "sparse", resume=True, keep_samples=True
     )
-    error = result.mean - reference
-    support = ndimage.binary_dilation(reference > 0.1 * reference.max(), iterations=2)
+    error, support = result.mean - reference, support_of(reference)
     scores: dict[str, Any] = {"held_out_tll": held_out, "wedge": result.directions.wedge}
     for g in LIFTS:
         std = lift(result.samples, result.directions.wedge, g).double().square().mean(0).sqrt()
-        e, s = error[support], std.numpy()[support]
-        cov = metrics.coverage(torch.as_tensor(e), torch.as_tensor(s), torch.zeros(e.shape))
-        scores[f"g={g}"] = {
-            "cov50": float(cov[0.5]),
-            "cov90": float(cov[0.9]),
-            "spearman": float(stats.spearmanr(s, np.abs(e)).statistic),
-            "std_over_rmse": float(np.sqrt((s**2).mean() / (e**2).mean())),
-        }
+        scores[f"g={g}"] = scores_over(error, std.numpy(), support)
     text = json.dumps(scores, indent=1, default=float)
     (out / "scores.json").write_text(text)
     print(text)
