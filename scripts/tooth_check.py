@@ -134,11 +134,16 @@ def main() -> None:
     spread = result.directions
     if spread is not None:
         sums, counts = directions.direction_power(torch.as_tensor(error)[None])
-        over = (sums / counts).numpy() / spread.power
+        power = (sums / counts).numpy()
+
+        def over(bins: np.ndarray) -> float:  # the error's mean power over the samples'
+            return float(np.nanmean(power[bins]) / np.nanmean(spread.power[bins]))
+
         scores["directions"] = {
             **spread.to_dict(),
-            "error_over_samples_missing": float(np.nanmean(over[spread.missing])),
-            "error_over_samples_measured": float(np.nanmean(over[~spread.missing])),
+            "error_power": [float(p) if np.isfinite(p) else None for p in power],
+            "error_over_samples_missing": over(spread.missing),
+            "error_over_samples_measured": over(~spread.missing),
         }
     scores["prior_scale_search"] = result.hyperparameters.get("prior_scale_search")
     scores["timings"] = {"reference": fit.timings, "sparse": result.timings}
