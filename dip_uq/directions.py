@@ -28,10 +28,13 @@ from .geometry import Geometry
 
 __all__ = [
     "BINS",
+    "LIMITED_GAP_MIN_DEG",
+    "LIMITED_GAP_STEPS",
     "DirectionalPower",
     "bin_centres",
     "direction_power",
     "frequency_directions",
+    "is_limited_gap",
     "missing_wedge",
     "sector_of",
 ]
@@ -40,11 +43,18 @@ __all__ = [
 BINS = 36
 # resolution of missing_wedge's sweep over the half circle (degrees)
 _STEP_DEG = 0.05
-# a wedge counts as missing when it is at least this many times the arc's mean step between
-# projections and at least _MIN_WEDGE_DEG wide: sparse full scans stay below (the same rule
-# as dip_uq.holdout's limited arcs, there on the projections' own directions)
-_WEDGE_STEPS = 4.0
-_MIN_WEDGE_DEG = 10.0
+# a gap between directions is a limited arc's when it is this many times 180° / n_angles (the
+# step of n angles spread evenly over the half circle) and at least LIMITED_GAP_MIN_DEG: full
+# scans stay below, uneven (golden-angle: 1.4) or doubled on the half circle (360°: 2)
+LIMITED_GAP_STEPS = 4.0
+LIMITED_GAP_MIN_DEG = 10.0
+
+
+def is_limited_gap(gap_deg: float, n_angles: int) -> bool:
+    """Whether a gap of ``gap_deg`` degrees between the directions of a scan of ``n_angles``
+    projections makes it a limited arc (:data:`LIMITED_GAP_STEPS`, :data:`LIMITED_GAP_MIN_DEG`):
+    the one rule of :func:`missing_wedge` and of :mod:`dip_uq.holdout`'s limited arcs."""
+    return gap_deg >= max(LIMITED_GAP_STEPS * 180.0 / n_angles, LIMITED_GAP_MIN_DEG)
 
 
 def _measured_intervals(geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
@@ -73,8 +83,7 @@ def _measured_intervals(geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
 def missing_wedge(geometry: Geometry) -> tuple[float, float] | None:
     """``(start, width)`` in degrees: the widest wedge of Fourier directions no projection of
     ``geometry`` measures, counterclockwise from ``start`` (in ``[0, 180)``); ``None`` when the
-    scan has none wider than :data:`_WEDGE_STEPS` times its mean step or
-    :data:`_MIN_WEDGE_DEG` (a full or sparse-view scan).
+    scan has none that :func:`is_limited_gap` counts (a full or sparse-view scan).
 
     A fan or cone beam measures the directions within its fan's half-angle either side of
     each projection's central one, so its wedge is narrower than its arc's gap by the fan.
@@ -96,8 +105,7 @@ def missing_wedge(geometry: Geometry) -> tuple[float, float] | None:
         if run > best:
             best, best_start = run, k - run + 1
     width = best * _STEP_DEG
-    step = 180.0 / geometry.n_angles
-    if width < max(_WEDGE_STEPS * step, _MIN_WEDGE_DEG):
+    if not is_limited_gap(width, geometry.n_angles):
         return None
     return float(grid[(best_start + start_at) % len(grid)]), float(width)
 

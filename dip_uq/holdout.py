@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .directions import is_limited_gap
 from .laplace.predictive import predictive
 from .metrics import calibration_curve, coverage, gaussian_tll
 from .projector import RayTransform
@@ -63,11 +64,6 @@ logger = logging.getLogger("dip_uq")
 LEVELS = (0.5, 0.9)  # central intervals reported
 # where cross_validation_indices holds projections out: of a full scan, of a limited arc
 INTERLEAVED, ENDS_AND_INSIDE = "interleaved", "ends and inside"
-# an arc is limited when its largest gap is this many times π / n_angles (the step of n
-# angles spread evenly over the half circle) and at least LIMITED_GAP_MIN radians: full
-# scans stay below, uneven (golden-angle: 1.4) or doubled on the half circle (360°: 2)
-LIMITED_GAP_STEPS = 4.0
-LIMITED_GAP_MIN = np.pi / 18
 
 
 def check_every(every: int) -> None:
@@ -129,8 +125,8 @@ def cross_validation_indices(geometry: Geometry, every: int) -> tuple[np.ndarray
     scores, and ``where`` the held ones lie.
 
     A scan whose angles cover the half circle holds out every ``every``-th projection
-    (:func:`holdout_indices`, ``where=INTERLEAVED``). A limited arc (its largest gap is
-    :data:`LIMITED_GAP_STEPS` times ``π / n_angles`` and :data:`LIMITED_GAP_MIN` or more)
+    (:func:`holdout_indices`, ``where=INTERLEAVED``). A limited arc (its largest gap between
+    the projections' directions passes :func:`dip_uq.directions.is_limited_gap`)
     holds out as many, half of them at its two ends and the rest spread evenly inside
     (``where=ENDS_AND_INSIDE``): held-out angles inside the arc see what their neighbours
     see, so alone they miss the missing wedge's errors, which a fit to a shorter arc makes
@@ -140,7 +136,7 @@ def cross_validation_indices(geometry: Geometry, every: int) -> tuple[np.ndarray
     kept, held = holdout_indices(geometry.n_angles, every)
     directions = _directions(geometry)
     gap, start = _widest_gap(directions)
-    if gap < max(LIMITED_GAP_STEPS * np.pi / geometry.n_angles, LIMITED_GAP_MIN):
+    if not is_limited_gap(np.degrees(gap), geometry.n_angles):
         return kept, held, INTERLEAVED
     along_arc = np.argsort(np.mod(directions - directions[start], np.pi), kind="stable")
     n_ends = (len(held) + 1) // 2
