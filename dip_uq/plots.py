@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .directions import DirectionalPower, direction_power, sector_of
+from .directions import DirectionalPower, sector_of
 from .metrics import reliability
 
 if TYPE_CHECKING:
@@ -141,8 +141,8 @@ def directions_plot(
     angles = directions.angles_deg
     lines = ax.semilogy(angles, directions.power, "o-", markersize=3, label="posterior samples")
     if error is not None:
-        sums, counts = direction_power(torch.as_tensor(np.asarray(error))[None])
-        lines += ax.semilogy(angles, (sums / counts).numpy(), "s-", markersize=3, label="error")
+        power = DirectionalPower.of(torch.as_tensor(np.asarray(error))[None], directions.wedge)
+        lines += ax.semilogy(angles, power.power, "s-", markersize=3, label="error")
     width = angles[1] - angles[0]
     for k, angle in enumerate(angles[sector_of(angles, directions.wedge)]):
         label = "not measured" if k == 0 else None

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tooth_check import reference_fit, scores_over, study_scans, support_of
+from tooth_check import scores_over, study_setup, support_of
 
 from dip_uq import pipeline, stages
 from dip_uq.laplace import LinearisedLaplace
@@ -138,9 +138,7 @@ def main() -> None:
 
     stages.choose_prior_scale = choose
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    full, sparse, volume, settings = study_scans(args.smoke)
-    reference = reference_fit(full, volume, settings, out / "full").mean
+    sparse, volume, settings, reference = study_setup(out, args.smoke)
     maps: dict[str, np.ndarray] = {}
 
     class Done(Exception):

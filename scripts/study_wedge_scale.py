@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tooth_check import reference_fit, scores_over, study_scans, support_of
+from tooth_check import scores_over, study_setup, support_of
 
 from dip_uq import pipeline, stages
 from dip_uq.directions import frequency_directions, missing_wedge, sector_of
@@ -67,9 +67,7 @@ def main() -> None:
 
     stages.choose_prior_scale = choose
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    full, sparse, volume, settings = study_scans(args.smoke)
-    reference = reference_fit(full, volume, settings, out / "full").mean
+    sparse, volume, settings, reference = study_setup(out, args.smoke)
     result = pipeline.reconstruct(
         sparse, settings, volume=volume, work_dir=out / "sparse", resume=True, keep_samples=True
     )

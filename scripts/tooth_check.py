@@ -60,16 +60,22 @@ def tooth_scans(
     return full, sparse, du.Volume((size, size), voxel_size=side / size)
 
 
-def study_scans(smoke: bool) -> tuple[du.Scan, du.Scan, du.Volume, pipeline.Settings]:
-    """``(full, sparse, volume, settings)`` of issue 35's tooth studies: the tooth's first 60°
-    (every 2nd projection) at 96² with the defaults; with ``smoke`` a 32² simulated 90° arc
-    with a short, small run (a minute)."""
-    if not smoke:
-        return (*tooth_scans(step=2, arc=60), pipeline.Settings())
-    full = du.simulate_scan("shepp-logan", size=32, angles=60, noise=0.02)
-    sparse = du.simulate_scan("shepp-logan", size=32, angles=16, arc=np.deg2rad(90), noise=0.02)
-    small = pipeline.Settings(iterations=100, channels=8, samples=4, em_samples=4)
-    return full, sparse, sparse.volume, small
+def study_setup(out: Path, smoke: bool) -> tuple[du.Scan, du.Volume, pipeline.Settings, np.ndarray]:
+    """``(sparse, volume, settings, reference)`` of issue 35's tooth studies, the reference
+    DIP fitted (and checkpointed) under ``out / "full"``: the tooth's first 60° (every 2nd
+    projection) at 96² with the defaults; with ``smoke`` a 32² simulated 90° arc with a
+    short, small run (a minute)."""
+    out.mkdir(parents=True, exist_ok=True)
+    if smoke:
+        full = du.simulate_scan("shepp-logan", size=32, angles=60, noise=0.02)
+        sparse = du.simulate_scan("shepp-logan", size=32, angles=16, arc=np.deg2rad(90), noise=0.02)
+        volume = sparse.volume
+        settings = pipeline.Settings(iterations=100, channels=8, samples=4, em_samples=4)
+    else:
+        full, sparse, volume = tooth_scans(step=2, arc=60)
+        settings = pipeline.Settings()
+    reference = reference_fit(full, volume, settings, out / "full").mean
+    return sparse, volume, settings, reference
 
 
 def reference_fit(
@@ -133,8 +139,7 @@ def main() -> None:
     )
     spread = result.directions
     if spread is not None:
-        sums, counts = directions.direction_power(torch.as_tensor(error)[None])
-        power = (sums / counts).numpy()
+        power = directions.DirectionalPower.of(torch.as_tensor(error)[None], spread.wedge).power
 
         def over(bins: np.ndarray) -> float:  # the error's mean power over the samples'
             return float(np.nanmean(power[bins]) / np.nanmean(spread.power[bins]))
