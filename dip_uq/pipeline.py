@@ -409,7 +409,8 @@ def _directions(
     ctx.notify(
         f"limited arc: the Fourier directions {start:.0f}°–{end:.0f}° are not "
         f"measured; the posterior samples vary {spread.ratio:.3g} times as much there as in the "
-        "measured directions (report.png, run.json's directions)"
+        "measured directions, but the network's bias there is not in the std: read it as a "
+        "lower bound (report.png, run.json's directions; docs/calibration.md)"
     )
     return spread
 
