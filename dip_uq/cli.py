@@ -82,7 +82,7 @@ def _run_and_write(scan: Scan, volume: Volume | None, args: argparse.Namespace, 
     """
     from .distributed import init_from_env
     from .outputs import OUTPUTS
-    from .pipeline import reconstruct
+    from .pipeline import print_above_bars, reconstruct
 
     started = time.perf_counter()
     settings = _settings(args)  # bad options fail before any file is touched
@@ -105,7 +105,7 @@ def _run_and_write(scan: Scan, volume: Volume | None, args: argparse.Namespace, 
         resume=args.resume or not main,  # rank 0 alone judges the checkpoints
         progress=not args.quiet,
         group=group,
-        notify=lambda line: print(line, flush=True) if main else None,
+        notify=print_above_bars if main else lambda line: None,
     )
     if group is not None:
         group.close()

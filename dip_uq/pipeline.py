@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -170,7 +171,8 @@ def reconstruct(
         notify: takes the lines that say which grid the run chose and why (without a
             ``volume``; :func:`dip_uq.scan.grid_for_device`) and, after the DIP's first
             iterations, how long the run will take on this device; default: printed with
-            ``progress``, else logged. They are also in ``result.run_info["plan"]``.
+            ``progress`` (:func:`print_above_bars`), else logged. They are also in
+            ``result.run_info["plan"]``.
         **options: :class:`~dip_uq.pipeline.Settings` fields (``iterations=``,
             ``samples=``, ``channels=``, ...), replacing those of ``settings``.
 
@@ -199,7 +201,7 @@ def reconstruct(
     device = torch.device(device)
     main = group is None or group.is_main  # rank 0, or the only process: shows progress
     told: list[str] = []
-    tell = notify or (print if progress and main else logger.info)
+    tell = notify or (print_above_bars if progress and main else logger.info)
 
     def say(line: str) -> None:
         told.append(line)
@@ -413,6 +415,16 @@ def _directions(
         "lower bound (report.png, run.json's directions; docs/calibration.md)"
     )
     return spread
+
+
+def print_above_bars(line: str) -> None:
+    """Print ``line`` to standard output above the progress bars, which are redrawn below it:
+    a plain ``print`` would land in the middle of a bar (two of them while the
+    cross-validation's DIP runs beside the first)."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(line, file=sys.stdout)
+    sys.stdout.flush()
 
 
 def find_checkpoints(work_dir: Path) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from dataclasses import replace
 
@@ -58,6 +59,20 @@ def test_the_solver_defaults_have_one_source():
         SolverConfig().iterations,
         SolverConfig().preconditioner_rank,
     )
+
+
+def test_a_runs_notes_are_printed_above_its_progress_bars_not_inside_them(capsys):
+    from tqdm import tqdm
+
+    with tqdm(total=10, desc="DIP", file=sys.stderr, mininterval=0) as bar:
+        bar.update(3)
+        capsys.readouterr()
+        pipeline.print_above_bars("estimate: about 1 min")
+        printed = capsys.readouterr()
+    assert printed.out == "estimate: about 1 min\n"  # a line of its own
+    # the bar was cleared before the note and drawn again below it
+    cleared, _, redrawn = printed.err.rpartition("\r")
+    assert cleared.startswith("\r ") and redrawn.startswith("DIP:  30%")
 
 
 def test_run_refuses_the_checkpoints_of_an_unfinished_run(tmp_path):
