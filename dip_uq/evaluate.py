@@ -29,9 +29,9 @@ that output from the data). Uncertainty metrics of FBP are NaN.
 Suites (:data:`SUITES`): ``small`` (2D 32²/48², 3D 16³; for a CPU),
 ``full`` (2D 128², 3D 64³; for a GPU), each sparse-view and limited-angle at 1 % and 5 %
 noise, Shepp-Logan and random ellipses, parallel beam in 2D and cone beam in 3D; ``defaults``,
-the calibration's acceptance suite: ``dip-uq reconstruct``'s defaults on eleven cases none of
+the calibration's acceptance suite: ``dip-uq reconstruct``'s defaults on thirteen cases none of
 them was tuned on (2D 32²–128², 16–64 channels, parallel and fan; 3D 16³ parallel and cone,
-20³ cone; sparse-view, 90°–180° arcs; 1–5 % noise). :func:`run_suite` (``dip-uq evaluate``)
+20³ cone; sparse-view, 60°–180° arcs; 1–5 % noise). :func:`run_suite` (``dip-uq evaluate``)
 writes ``results.csv``, ``results.md`` and, per case, a calibration plot (expected vs observed
 coverage of central intervals) and a reliability plot (RMSE of the mean against the predicted
 std, in bins of the std).
@@ -215,6 +215,8 @@ _DEFAULTS_CASES = (
     Case("2d64-ell-fan-limited40-150deg-2%", 2, 64, 40, 150, 0.02, "ellipses", "fan", 42),
     Case("3d16-ell-cone-limited16-100deg-3%", 3, 16, 16, 100, 0.03, "ellipses", "cone", 43),
     Case("2d128-ell-sparse60-2%", 2, 128, 60, 180, 0.02, "ellipses", seed=44),
+    Case("2d64-sl-limited32-60deg-2%", 2, 64, 32, 60, 0.02, "shepp-logan", seed=45),
+    Case("3d16-ell-parallel-limited16-90deg-3%", 3, 16, 16, 90, 0.03, "ellipses", seed=46),
 )
 
 SUITES: dict[str, Suite] = {

@@ -163,7 +163,14 @@ def test_defaults_suite_runs_the_command_defaults_and_each_case_its_width(monkey
     assert {c.geometry for c in cases} == {"parallel", "fan", "cone"}
     assert {c.dim for c in cases} == {2, 3} and {c.channels for c in cases} == {16, None, 64}
     assert {c.noise for c in cases} == {0.01, 0.02, 0.03, 0.05}
-    assert {c.arc for c in cases} == {90, 100, 120, 150, 180, 360}
+    assert {c.arc for c in cases} == {60, 90, 100, 120, 150, 180, 360}
+    # limited arcs in 2D and 3D, the tilt series (parallel beam about one axis) among them
+    assert {(c.dim, c.geometry) for c in cases if c.arc < 180} == {
+        (2, "parallel"),
+        (2, "fan"),
+        (3, "parallel"),
+        (3, "cone"),
+    }
     assert {c.size for c in cases if c.dim == 2} == {32, 48, 64, 96, 128}
     tuned = {c.seed for name in ("small", "full") for c in SUITES[name].cases}
     assert not {c.seed for c in cases} & tuned
