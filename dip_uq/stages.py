@@ -432,14 +432,24 @@ def cross_validate_prior_scale(
         fitted = fit_cross_validation(A, y, settings, ctx)
     data = fitted.data
     lap = linearise(fitted.rec, data.y, settings, noise_variance=noise_variance, group=ctx.group)
-    search = choose_prior_scale(
-        lap,
-        data.A_held,
-        data.y_held,
-        fitted.rec.predict(),
-        samples=settings.samples_per_step,
-        batch=settings.batch,
-    )
+    from tqdm.auto import tqdm
+
+    shown = "{desc}: {n_fmt} candidate factors scored [{elapsed}{postfix}]"
+    with tqdm(desc="prior scale", bar_format=shown, disable=not ctx.progress) as bar:
+
+        def scored(factor: float, tll: float) -> None:
+            bar.set_postfix_str(f"factor {factor:.3g}: held-out TLL {tll:.4g}", refresh=False)
+            bar.update()
+
+        search = choose_prior_scale(
+            lap,
+            data.A_held,
+            data.y_held,
+            fitted.rec.predict(),
+            samples=settings.samples_per_step,
+            batch=settings.batch,
+            on_candidate=scored,
+        )
     search.update(
         every=CROSS_VALIDATION_EVERY,
         projections=int(data.y_held.shape[0]),

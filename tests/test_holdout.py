@@ -182,8 +182,14 @@ def test_the_prior_scale_is_chosen_by_the_held_out_likelihood(held_out_problem):
     lap, A_held, y_held = held_out_problem
     start = dict(lap.prior.variances)
     mean = lap.model.image_star
-    search = prior_scale.choose_prior_scale(lap, A_held, y_held, mean, samples=8)
+    told = []
+    search = prior_scale.choose_prior_scale(
+        lap, A_held, y_held, mean, samples=8, on_candidate=lambda *scored: told.append(scored)
+    )
     factors, tlls = search["factors"], search["tll_per_pixel"]
+    # every candidate was told as it was scored, once, in the walk's order (0.1, then 1, ...)
+    assert [f for f, _ in told][:2] == [pytest.approx(0.1), pytest.approx(1.0)]
+    assert sorted(told) == [(f, t) for f, t in zip(factors, tlls, strict=True)]
     best = int(np.argmax(tlls))
     assert 3 <= len(factors) <= 7 and factors == sorted(factors)
     # the walk stopped where the likelihood fell, or at an end of the range

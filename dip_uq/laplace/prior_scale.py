@@ -99,6 +99,7 @@ def choose_prior_scale(
     samples: int,
     batch: int | None = None,
     decades: tuple[int, int] = PRIOR_SCALE_DECADES,
+    on_candidate: Callable[[float, float], None] | None = None,
 ) -> dict[str, Any]:
     """Multiply ``lap``'s prior variances by the factor that maximises the held-out
     projections' predictive log-likelihood; returns the search for ``run.json``
@@ -110,7 +111,9 @@ def choose_prior_scale(
     ``10**decades[0]`` to ``10**decades[1]``): every candidate scales all block variances of
     the current prior by one factor and draws ``samples`` posterior samples (the same
     indices, so the candidates differ by the scale only, not by sampling noise), reusing
-    the DIP fit and, through the shared scale, the preconditioner.
+    the DIP fit and, through the shared scale, the preconditioner. ``on_candidate(factor,
+    tll)`` is called as each candidate is scored, for a progress display (a candidate costs
+    ``samples`` posterior samples: minutes on a large scan).
     """
     start = dict(lap.prior.variances)
     # by candidate: every sample's relative residual and whether round-off stalled it
@@ -129,7 +132,10 @@ def choose_prior_scale(
             iterations[decade] = max(iterations.get(decade, 0), made)
         drawn = torch.cat(parts)
         predicted, std, _ = predictive(A_held, mean, drawn, lap.noise_variance, group=lap.group)
-        return gaussian_tll(predicted - torch.as_tensor(y_held).to(predicted), std)
+        score = gaussian_tll(predicted - torch.as_tensor(y_held).to(predicted), std)
+        if on_candidate is not None:
+            on_candidate(10.0**decade, score)
+        return score
 
     best, seen = best_decade(tll, *decades)
     lap.prior.variances = start
