@@ -37,6 +37,7 @@ __all__ = [
     "is_limited_gap",
     "missing_wedge",
     "sector_of",
+    "wedge_frequencies",
 ]
 
 # direction bins of direction_power: 36 of 5° over the half circle
@@ -179,6 +180,15 @@ def frequency_directions(shape: tuple[int, int]) -> torch.Tensor:
     ky = torch.fft.fftfreq(shape[0], dtype=torch.float64)[:, None]
     kx = torch.fft.fftfreq(shape[1], dtype=torch.float64)[None, :]
     return torch.remainder(torch.rad2deg(torch.atan2(ky, kx)), 180.0)
+
+
+def wedge_frequencies(shape: tuple[int, int], wedge: tuple[float, float]) -> torch.Tensor:
+    """Whether each frequency of a ``(Y, X)`` FFT (``torch.fft.fft2``'s layout) has its
+    direction in ``wedge = (start, width)`` degrees (:func:`sector_of`); ``False`` for the DC
+    term, which has no direction."""
+    inside = torch.as_tensor(sector_of(frequency_directions(shape).numpy(), wedge))
+    inside[0, 0] = False
+    return inside
 
 
 def _bins(shape: tuple[int, int]) -> torch.Tensor:

@@ -32,9 +32,10 @@ from dip_uq import directions
 def wedge_part(image: np.ndarray, wedge: tuple[float, float], inside: bool) -> np.ndarray:
     """``image``'s part whose Fourier directions lie in (or, ``inside=False``, outside) the
     wedge ``(start, width)`` in degrees; the DC term goes with neither."""
-    phi = directions.frequency_directions(image.shape).numpy()
-    keep = directions.sector_of(phi, wedge) == inside
-    keep[0, 0] = False
+    keep = directions.wedge_frequencies(image.shape, wedge).numpy()
+    if not inside:
+        keep = ~keep
+        keep[0, 0] = False
     return np.real(np.fft.ifft2(np.fft.fft2(image) * keep))
 
 

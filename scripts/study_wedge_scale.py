@@ -31,7 +31,7 @@ import torch
 from tooth_check import scores_over, study_setup, support_of
 
 from dip_uq import pipeline, stages
-from dip_uq.directions import frequency_directions, missing_wedge, sector_of
+from dip_uq.directions import missing_wedge, wedge_frequencies
 from dip_uq.laplace.predictive import predictive
 from dip_uq.metrics import gaussian_tll
 
@@ -40,9 +40,7 @@ LIFTS = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0)
 
 def lift(samples: torch.Tensor, wedge: tuple[float, float], g: float) -> torch.Tensor:
     """``samples`` ``(n, Y, X)`` with their Fourier components in ``wedge`` times ``g``."""
-    phi = frequency_directions(tuple(samples.shape[-2:]))
-    gain = torch.where(torch.as_tensor(sector_of(phi.numpy(), wedge)), g, 1.0)
-    gain[0, 0] = 1.0
+    gain = torch.where(wedge_frequencies(tuple(samples.shape[-2:]), wedge), g, 1.0)
     return torch.fft.ifft2(torch.fft.fft2(samples.double()) * gain).real.to(samples.dtype)
 
 

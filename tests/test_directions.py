@@ -17,6 +17,7 @@ from dip_uq.directions import (
     direction_power,
     missing_wedge,
     sector_of,
+    wedge_frequencies,
 )
 from dip_uq.pipeline import Settings
 from dip_uq.simulation import simulate_scan
@@ -112,6 +113,16 @@ def test_power_sums_add_over_images_and_a_volume_is_its_slices():
     sums, counts = direction_power(torch.randn(8, 64, 64, generator=torch.Generator()))
     mean = sums / counts
     assert float(mean.std() / mean.mean()) < 0.1
+
+
+def test_the_wedges_frequencies_are_those_whose_direction_lies_in_it():
+    inside = wedge_frequencies((8, 8), (45.0, 90.0))  # 45° to 135°: the y axis's side
+    assert inside.shape == (8, 8) and inside.dtype == torch.bool
+    assert not inside[0, 0]  # DC has no direction
+    assert inside[1, 0] and inside[3, 0]  # k along y: 90°
+    assert not inside[0, 1] and not inside[0, 3]  # k along x: 0°
+    assert inside[2, 1] and not inside[1, 2]  # atan2(2, 1) = 63°, atan2(1, 2) = 27°
+    assert inside[2, -1] and not inside[1, -2]  # 117° in; 153° out
 
 
 def test_the_ratio_compares_the_wedge_with_the_measured_directions():
