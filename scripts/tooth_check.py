@@ -141,7 +141,6 @@ def check_arc(
             "error_over_samples_measured": over(~spread.missing),
         }
     scores["prior_scale_search"] = result.hyperparameters.get("prior_scale_search")
-    scores["timings"] = result.timings
     return scores, result
 
 
@@ -198,7 +197,7 @@ def main() -> None:
         name = f"{arc:g}deg"
         scores, result = check_arc(sparse, volume, settings, fit.mean, out / f"sparse-{name}")
         scores = {"angles_full": full.geometry.n_angles, **scores}
-        scores["timings"] = {"reference": fit.timings, "sparse": scores["timings"]}
+        scores["timings"] = {"reference": fit.timings, "sparse": result.timings}
         (out / f"tooth_check-{name}.json").write_text(json.dumps(scores, indent=2))
         np.savez(
             out / f"tooth_check-{name}.npz", reference=fit.mean, mean=result.mean, std=result.std
