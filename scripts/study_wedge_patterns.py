@@ -13,7 +13,8 @@ Fourier directions, and of its part in the measured ones; minus the distance to 
 image's object boundary (its 10 %-of-maximum level).
 
 Usage: ``python scripts/study_wedge_patterns.py tooth-check`` after ``tooth_check.py --step 2
---arc 60 90 120 --out tooth-check`` (reads its ``tooth_check-<ARC>deg.npz``; seconds).
+--arc 60 90 120 --out tooth-check`` (reads its ``tooth_check-<ARC>deg.npz`` and the missing
+wedge its ``.json`` recorded; seconds).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage, stats
-from tooth_check import support_of, tooth_scans
+from tooth_check import support_of
 
 from dip_uq import directions
 
@@ -59,7 +60,6 @@ def patterns(mean: np.ndarray, std: np.ndarray, wedge: tuple[float, float]) -> d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", help="tooth_check.py's --out")
-    parser.add_argument("--step", type=int, default=2, help="tooth_check.py's --step")
     args = parser.parse_args()
     table = {}
     found = {
@@ -67,10 +67,10 @@ def main() -> None:
         for path in Path(args.folder).glob("tooth_check-*deg.npz")
     }
     for arc, path in sorted(found.items()):
-        _, sparse, _ = tooth_scans(step=args.step, arc=arc)
-        wedge = directions.missing_wedge(sparse.geometry)
-        if wedge is None:
+        spread = json.loads(path.with_suffix(".json").read_text()).get("directions")
+        if spread is None:  # not a limited arc
             continue
+        wedge = tuple(spread["missing_wedge_deg"])
         maps = np.load(path)
         error = np.abs(maps["mean"] - maps["reference"])
         support = support_of(maps["reference"])
